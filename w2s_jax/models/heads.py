@@ -1,0 +1,74 @@
+"""What sits on a backbone: the classification head (with its pooling) and the LM head.
+
+Both wrap the backbone under the name `backbone`, so one checkpoint loader fills
+`params["backbone"]` for either, and the classifier's own weights live in
+`params["head"]`.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+POOLINGS = ("last", "first", "mean")
+HEAD_INITS = ("zeros", "normal")
+
+
+def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
+  """hidden [B, T, D], attention_mask [B, T] -> pooled [B, D] in float32.
+
+  last:  the hidden state of the last *real* token, found from the attention mask
+         (the reference code counts token ids != 0, which is wrong for GPT-2, whose
+         id 0 is the real token "!"); the decoders' choice.
+  first: the first token ([CLS] for BERT-style encoders).
+  mean:  the mean over real tokens (sentence-transformers' pooling).
+  """
+  hidden = hidden.astype(jnp.float32)
+  mask = attention_mask.astype(jnp.float32)
+  if pooling == "last":
+    # Index of the last 1 in each row; works for right *and* left padding.
+    t = jnp.arange(mask.shape[1])
+    last = jnp.max(jnp.where(mask > 0, t, -1), axis=1)  # [B]
+    last = jnp.maximum(last, 0)
+    return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+  if pooling == "first":
+    return hidden[:, 0]
+  if pooling == "mean":
+    summed = jnp.einsum("BTD,BT->BD", hidden, mask)
+    return summed / jnp.maximum(mask.sum(1, keepdims=True), 1.0)
+  raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+
+
+class Classifier(nn.Module):
+  """Backbone + linear head hidden -> num_labels, no bias (the paper's model).
+
+  The head is zero-initialised by default, as in the paper's code, so training
+  starts from uniform predictions; `head_init="normal"` is EleutherAI's choice.
+  """
+  backbone: nn.Module
+  num_labels: int = 2
+  pooling: str = "last"
+  head_init: str = "zeros"
+
+  def setup(self):
+    init = nn.initializers.zeros if self.head_init == "zeros" else nn.initializers.normal(0.01)
+    self.head = nn.Dense(self.num_labels, use_bias=False, kernel_init=init, dtype=jnp.float32,
+                         param_dtype=jnp.float32)
+
+  def features(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Pooled features [B, D] (float32): what a linear probe trains on."""
+    return pool(self.backbone(input_ids, attention_mask), attention_mask, self.pooling)
+
+  def classify(self, features: jax.Array) -> jax.Array:
+    """Logits [B, num_labels] (float32) from pooled features."""
+    return self.head(features)
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    return self.classify(self.features(input_ids, attention_mask))
+
+
+class LanguageModel(nn.Module):
+  """Backbone + its LM head (tied where the checkpoint ties): logits [B, T, V] for generative finetuning."""
+  backbone: nn.Module
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    return self.backbone.lm_logits(self.backbone(input_ids, attention_mask))

@@ -1,0 +1,143 @@
+"""Building blocks shared by the architectures: einsum projections, norms, attention, RoPE.
+
+Dimension letters used in every einsum string of the models:
+  B batch, T query length, S key length, D model width, N query heads,
+  K key/value heads, H head width, F feed-forward width, V vocabulary.
+Parameters are stored in float32 (`param_dtype`); activations and matmuls run in
+the compute dtype (`dtype`, float32 or bfloat16). Norms and softmax run in float32.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+default_init = nn.initializers.normal(stddev=0.02)
+
+
+class Einsum(nn.Module):
+  """A projection written as an einsum with named dimensions, plus an optional bias.
+
+  `Einsum((D, N, H), bias_shape=(N, H))('BTD,DNH->BTNH', x)` is a multi-head query projection.
+  """
+  shape: Sequence[int]
+  bias_shape: Sequence[int] | None = None
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: Initializer = default_init
+
+  @nn.compact
+  def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, tuple(self.shape), jnp.float32)
+    y = jnp.einsum(eqn, x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.bias_shape is not None:
+      bias = self.param("bias", nn.initializers.zeros, tuple(self.bias_shape), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm computed in float32 (bf16 statistics drift), returned in the compute dtype."""
+  epsilon: float = 1e-5
+  dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
+    return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm as Llama/Qwen2 compute it: x / rms(x) * scale, in float32."""
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.epsilon)
+    return (y * scale).astype(self.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array, *,
+              causal: bool) -> jax.Array:
+  """Softmax attention with a key padding mask (and a causal mask for decoders).
+
+  q: [B, T, N, H]; k, v: [B, S, K, H] with K dividing N (grouped-query attention);
+  attention_mask: [B, S], 1 for real tokens. Returns [B, T, N, H].
+  `jax.nn.dot_product_attention` picks the fused cuDNN kernel on GPUs when it can,
+  and computes the softmax in float32 either way.
+  """
+  key_mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S] broadcast over N, T
+  return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal,
+                                      scale=1.0 / math.sqrt(q.shape[-1]))
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> jax.Array:
+  """Inverse frequencies of rotary embeddings [H/2], with Llama-3 long-context scaling if asked."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if not scaling:
+    return inv_freq
+  kind = scaling.get("rope_type", scaling.get("type"))
+  if kind in (None, "default"):
+    return inv_freq
+  if kind == "linear":
+    return inv_freq / scaling["factor"]
+  if kind == "llama3":
+    # Llama 3.1: low frequencies divided by `factor`, high ones kept, smooth in between.
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = jnp.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    is_medium = (wavelen <= old_context / low) & (wavelen >= old_context / high)
+    return jnp.where(is_medium, smoothed, scaled)
+  raise NotImplementedError(f"rope_scaling type {kind!r} is not supported (supported: linear, llama3)")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotate x [B, T, N, H] by positions [B, T], HF's 'rotate_half' convention (first half, second half)."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
+  cos = jnp.cos(angles)[:, :, None, :]  # [B, T, 1, H/2]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+  """Position ids [B, T] that count only real tokens (0, 1, 2, … from the first real token)."""
+  return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """GPT-2's 'gelu_new' (the tanh approximation)."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in ACTIVATIONS:
+    raise NotImplementedError(f"activation {name!r} is not supported (supported: {sorted(ACTIVATIONS)})")
+  return ACTIVATIONS[name]
