@@ -1,0 +1,241 @@
+"""The student's losses: cross-entropy, the auxiliary confidence loss, the product loss.
+
+Every loss has one signature, so the train step can call any of them without knowing
+which it is:
+
+    fn(logits [batch, classes], targets [batch, classes], weight [batch], progress)
+        -> (loss: f32 scalar, aux: dict[str, f32 scalar])
+
+  * `targets` are the supervisor's soft labels (rows sum to 1; ground truth is a
+    one-hot row), so the same code trains the weak model on ground truth and the
+    student on weak labels.
+  * `weight` is 1 for real rows and 0 for padding rows (the last batch of an epoch is
+    padded to a fixed shape so that the step compiles once). Every mean, quantile and
+    fraction uses only the real rows: padding never changes a loss. A batch of padding
+    only has loss 0 (not NaN, which would poison the gradient sum of an accumulation).
+  * `progress` is the fraction of training done, a traced f32 scalar in [0, 1], so that
+    schedules of a loss's own coefficients (logconf's alpha) work inside `jax.jit`.
+
+All arithmetic is float32 whatever the logits' dtype: the losses are cheap, and the
+logconf quantile and the product's normalisation are fragile in bfloat16.
+
+Reference: Burns et al. 2023 and its code (github openai/weak-to-strong,
+`weak_to_strong/loss.py`, "OAI" below). Where we deliberately differ, the docstring
+says so.
+"""
+
+import functools
+import inspect
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from w2s_jax.errors import UserError
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+ALPHA_SCHEDULES = ("linear", "oai_jump")
+
+
+def _masked_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
+  """sum(weight * values) / sum(weight); 0 for a batch of padding only.
+
+  `jnp.where` (not a product) keeps a padding row's inf/NaN out of the sum.
+  """
+  weight = weight.astype(jnp.float32)
+  total = jnp.sum(jnp.where(weight > 0, weight * values, 0.0))
+  return total / jnp.maximum(jnp.sum(weight), jnp.finfo(jnp.float32).tiny)
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-row cross-entropy H(targets, softmax(logits)) = -sum_c targets_c log softmax(logits)_c.
+
+  Returns [batch] float32. `targets` rows are probability vectors (soft labels).
+  """
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch, classes]
+  # where(): a target of exactly 0 times a log-prob of -inf contributes 0, not NaN.
+  terms = jnp.where(targets > 0, targets.astype(jnp.float32) * log_probs, 0.0)
+  return -jnp.sum(terms, axis=-1)
+
+
+def xent(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+         progress: jax.Array | float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy against the supervisor's soft labels.
+
+    loss = sum_i w_i * ( -sum_c t_ic log softmax(z_i)_c ) / sum_i w_i
+
+  As OAI's `xent_loss` (torch `cross_entropy` with probability targets). `progress`
+  is unused; it is there so that every loss has the same signature.
+  """
+  del progress
+  return _masked_mean(soft_cross_entropy(logits, targets), weight), {}
+
+
+def xent_hard(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+              progress: jax.Array | float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy against the supervisor's hard labels argmax_c(targets).
+
+    loss = sum_i w_i * ( -log softmax(z_i)_{argmax_c t_ic} ) / sum_i w_i
+
+  A tie (a binary soft label of exactly 0.5) goes to the lower class index, as
+  `argmax` does; OAI's train accuracy breaks ties the same way.
+  """
+  del progress
+  hard = jax.nn.one_hot(jnp.argmax(targets, axis=-1), targets.shape[-1], dtype=jnp.float32)
+  return _masked_mean(soft_cross_entropy(logits, hard), weight), {}
+
+
+def logconf_alpha(progress: jax.Array | float, *, alpha_max: float = 0.5,
+                  warmup_frac: float = 0.1, schedule: str = "linear") -> jax.Array:
+  """The weight alpha of the student's hardened predictions in logconf, at `progress`.
+
+    "linear" (default; the paper's description, and EleutherAI's fix):
+        alpha = alpha_max * min(1, progress / warmup_frac)   (alpha_max if warmup_frac == 0)
+    "oai_jump" (OAI's code, only to reproduce its numbers):
+        alpha = alpha_max * progress  if progress <= warmup_frac  else alpha_max
+      i.e. it ramps to only alpha_max * warmup_frac (0.05 with the defaults) and then
+      jumps to alpha_max (0.5) at 10% of training: OAI computes the ramp from the raw
+      step fraction instead of step_frac / warmup_frac, a reported bug.
+  """
+  if schedule not in ALPHA_SCHEDULES:
+    raise UserError(f"logconf: unknown alpha schedule {schedule!r}; use one of {ALPHA_SCHEDULES}")
+  progress = jnp.asarray(progress, jnp.float32)
+  if schedule == "oai_jump":
+    return jnp.where(progress > warmup_frac, alpha_max, alpha_max * progress)
+  if warmup_frac <= 0:
+    return jnp.full_like(progress, alpha_max)
+  return alpha_max * jnp.minimum(1.0, progress / warmup_frac)
+
+
+def masked_quantile(values: jax.Array, q: jax.Array, real: jax.Array) -> jax.Array:
+  """The q-quantile of `values[real]` with linear interpolation (torch.quantile's default).
+
+  With the n real values sorted as v_0 <= ... <= v_{n-1}, position p = q * (n - 1):
+    quantile = v_floor(p) + (p - floor(p)) * (v_ceil(p) - v_floor(p)).
+  Padding rows are sorted past the end (+inf) and never reached, since p <= n - 1.
+  """
+  n = jnp.maximum(jnp.sum(real), 1)
+  ordered = jnp.sort(jnp.where(real, values, jnp.inf))  # [batch], real values first
+  position = jnp.clip(q, 0.0, 1.0) * (n - 1)
+  lo = jnp.floor(position).astype(jnp.int32)
+  hi = jnp.minimum(lo + 1, n - 1)
+  v_lo, v_hi = ordered[lo], ordered[hi]
+  # where(): avoid inf * 0 when lo == hi == n - 1 is the last real value.
+  return jnp.where(hi > lo, v_lo + (position - lo) * (v_hi - v_lo), v_lo)
+
+
+def harden_by_weak_prior(probs: jax.Array, targets: jax.Array,
+                         weight: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Binary: the student's predictions hardened so that their class balance is the weak labels'.
+
+  threshold = quantile of the student's p(class 0) over the batch's real rows, at
+  q = the weak labels' mean class-1 mass; rows with p(class 0) < threshold become
+  class 1, the others class 0. About a fraction q of the real rows becomes class 1:
+  exactly q * n when q * n is a whole number and q < 1 (as OAI, which computes
+  `torch.quantile(preds[:, 0], mean_weak[1])`; at q = 1 the row with the largest
+  p(class 0) still becomes class 0).
+
+  Returns the hardened one-hot rows [batch, 2] and diagnostics.
+  """
+  real = weight > 0
+  weak_class1_mean = _masked_mean(targets[:, 1].astype(jnp.float32), weight)
+  threshold = masked_quantile(probs[:, 0], weak_class1_mean, real)
+  is_class1 = probs[:, 0] < threshold  # [batch]
+  hardened = jax.nn.one_hot(is_class1.astype(jnp.int32), 2, dtype=jnp.float32)
+  aux = {
+      "threshold": threshold,
+      "weak_class1_mean": weak_class1_mean,
+      "hardened_class1_frac": _masked_mean(is_class1.astype(jnp.float32), weight),
+  }
+  return hardened, aux
+
+
+def logconf(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+            progress: jax.Array | float, *, alpha_max: float = 0.5, warmup_frac: float = 0.1,
+            schedule: str = "linear") -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The auxiliary confidence loss: cross-entropy against a mix of weak labels and own beliefs.
+
+    alpha  = logconf_alpha(progress; alpha_max, warmup_frac, schedule)
+    target = (1 - alpha) * weak + alpha * stop_gradient(hardened(softmax(z)))
+    loss   = sum_i w_i * ( -sum_c target_ic log softmax(z_i)_c ) / sum_i w_i
+
+  Binary tasks: `hardened` is `harden_by_weak_prior` (OAI's per-batch threshold).
+  More than two classes (our extension; OAI asserts binary): `hardened` is the
+  one-hot argmax of the student's prediction, since no single class-1 mass exists to
+  match.
+
+  Deliberate differences from OAI: alpha warms up linearly to alpha_max by default
+  (schedule="oai_jump" reproduces OAI); the threshold and the weak mean use only the
+  real rows of a padded batch. The threshold is computed per call, so with gradient
+  accumulation it is per microbatch, as in OAI (which thresholds each minibatch).
+  """
+  logits = logits.astype(jnp.float32)
+  targets = targets.astype(jnp.float32)
+  alpha = logconf_alpha(progress, alpha_max=alpha_max, warmup_frac=warmup_frac,
+                        schedule=schedule)
+  probs = jax.nn.softmax(logits, axis=-1)  # [batch, classes]
+  num_classes = logits.shape[-1]
+  if num_classes == 2:
+    hardened, aux = harden_by_weak_prior(probs, targets, weight)
+  else:
+    hardened = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes, dtype=jnp.float32)
+    aux = {}
+  # The hardened predictions are a target, not a path for the gradient.
+  mixed = (1.0 - alpha) * targets + alpha * jax.lax.stop_gradient(hardened)
+  loss = _masked_mean(soft_cross_entropy(logits, mixed), weight)
+  return loss, {"alpha": alpha, **aux}
+
+
+def product(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+            progress: jax.Array | float = 0.0, *, alpha: float = 1.0,
+            beta: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy against the normalised product of the student's and the weak beliefs.
+
+    target_ic = p_student_ic^beta * p_weak_ic^alpha / sum_c' (p_student_ic'^beta * p_weak_ic'^alpha)
+    loss      = sum_i w_i * ( -sum_c stop_gradient(target_ic) log softmax(z_i)_c ) / sum_i w_i
+
+  As OAI's `product_loss_fn` (alpha = weight of the weak model, beta = of the
+  student). We form the product in log space (a softmax of beta*log p_student +
+  alpha*log p_weak), so that a student probability that underflows in float32 does
+  not give 0/0; a weak probability of exactly 0 is floored at the smallest normal
+  float32 (its target entry is then ~1e-38 instead of 0). OAI's unused `warmup_frac`
+  is left out. `progress` is unused.
+  """
+  del progress
+  logits = logits.astype(jnp.float32)
+  log_student = jax.nn.log_softmax(logits, axis=-1)  # [batch, classes]
+  log_weak = jnp.log(jnp.maximum(targets.astype(jnp.float32), jnp.finfo(jnp.float32).tiny))
+  target = jax.nn.softmax(beta * log_student + alpha * log_weak, axis=-1)
+  target = jax.lax.stop_gradient(target)
+  return _masked_mean(soft_cross_entropy(logits, target), weight), {}
+
+
+LOSSES: dict[str, LossFn] = {
+    "xent": xent,
+    "xent_hard": xent_hard,
+    "logconf": logconf,
+    "product": product,
+}
+
+
+def get_loss(name: str, **kwargs) -> LossFn:
+  """The loss `name` with its options bound: fn(logits, targets, weight, progress) -> (loss, aux).
+
+  Options are checked here, once, rather than at the first traced call.
+  """
+  if name not in LOSSES:
+    raise UserError(f"unknown loss {name!r}; set the loss to one of {sorted(LOSSES)}")
+  fn = LOSSES[name]
+  try:
+    inspect.signature(fn).bind(None, None, None, None, **kwargs)
+  except TypeError as e:
+    raise UserError(f"loss {name!r}: bad options {sorted(kwargs)} ({e}); "
+                    f"see the docstring of w2s_jax.train.losses.{fn.__name__}") from e
+  if name == "logconf":
+    logconf_alpha(0.0, **kwargs)  # an unknown schedule fails now, not inside jit
+    alpha_max, warmup_frac = kwargs.get("alpha_max", 0.5), kwargs.get("warmup_frac", 0.1)
+    if not (0.0 <= alpha_max <= 1.0 and 0.0 <= warmup_frac <= 1.0):
+      raise UserError(f"logconf: alpha_max={alpha_max} and warmup_frac={warmup_frac} must both "
+                      "lie in [0, 1]; the target mixes weak labels and hardened predictions")
+  return functools.partial(fn, **kwargs)
