@@ -1,0 +1,80 @@
+"""Seeded selection of examples: the n_train / n_test subsets, balancing, halves A and B.
+
+Every choice here is a permutation drawn from `np.random.default_rng(seed)`, so the same
+seed picks the same examples on every machine and every run, and a different seed picks
+different ones.
+"""
+
+import numpy as np
+
+from w2s_jax.data.tasks import Example
+from w2s_jax.errors import UserError
+
+
+def select(examples, n: int | None, *, seed: int, balance: bool = False,
+           what: str = "split") -> list[Example]:
+  """A seeded subset of at most `n` usable examples, ordered by uid.
+
+  Args:
+    examples: a sequence of `Example | None` (`None`: a record the task cannot use); it
+      may be lazy, in which case only the examples looked at are built.
+    n: how many to keep; None keeps all.
+    seed: the permutation's seed.
+    balance: take equally many of each class (undersampling the majority, as
+      EleutherAI/w2s does): n // 2 of each, or all of the minority class.
+    what: names the split in error messages.
+  """
+  if n is not None and n <= 0:
+    raise UserError(f"{what}: asked for {n} examples; n_train / n_test must be positive")
+  order = np.random.default_rng(seed).permutation(len(examples))
+  if balance:
+    chosen = _balanced(examples, order, n, what)
+  else:
+    chosen = []
+    for i in order:
+      example = examples[int(i)]
+      if example is not None:
+        chosen.append(example)
+        if n is not None and len(chosen) == n:
+          break
+  if not chosen:
+    raise UserError(f"{what} has no usable examples; check the data source")
+  return sorted(chosen, key=lambda example: example.uid)
+
+
+def _balanced(examples, order: np.ndarray, n: int | None, what: str) -> list[Example]:
+  """n // 2 of each class (all of the minority class when n is None or larger), taken
+  in `order`; an odd n that the classes can fill gets one more, the next in `order`."""
+  # Read each example once: a lazy sequence builds a new object on every read.
+  usable = [example for example in (examples[int(i)] for i in order) if example is not None]
+  by_class = [[e for e in usable if e.label == label] for label in (0, 1)]
+  minority = min(len(by_class[0]), len(by_class[1]))
+  if minority == 0:
+    raise UserError(f"{what} has only one class ({len(by_class[0])} of label 0, "
+                    f"{len(by_class[1])} of label 1), so it cannot be balanced; set "
+                    "balance=False or supply examples of both labels")
+  per_class = minority if n is None else min(minority, n // 2)
+  chosen = by_class[0][:per_class] + by_class[1][:per_class]
+  if n is not None and n % 2 and per_class == n // 2 and len(chosen) < len(usable):
+    taken = {id(example) for example in chosen}
+    chosen.append(next(e for e in usable if id(e) not in taken))
+  return chosen
+
+
+def split_halves(examples: list[Example], seed: int) -> tuple[list[Example], list[Example]]:
+  """Splits the training examples into half A and half B with a seeded permutation.
+
+  Half A is the ground truth the supervisors (weak model, strong ceiling) train on;
+  half B is what the weak model labels for the student. The halves are disjoint and
+  cover `examples`; A gets the smaller half when the count is odd. Each half keeps the
+  input order, so the result depends only on the seed and on which examples there are.
+  """
+  if len(examples) < 2:
+    raise UserError(f"need at least 2 training examples to split into halves A and B, "
+                    f"got {len(examples)}; raise n_train or supply more data")
+  order = np.random.default_rng(seed).permutation(len(examples))
+  in_a = np.zeros(len(examples), dtype=bool)
+  in_a[order[:len(examples) // 2]] = True
+  half_a = [example for example, a in zip(examples, in_a) if a]
+  half_b = [example for example, a in zip(examples, in_a) if not a]
+  return half_a, half_b

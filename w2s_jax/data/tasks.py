@@ -1,0 +1,116 @@
+"""The task registry: a task name becomes binary examples with a train and a test split.
+
+A task is a *builder* registered under a name: `builder(seed) -> (train, test)`, where
+each split is a sequence of `Example` (or `None` for a record the task cannot use, such
+as a preference pair whose two responses are identical). Sequences may be lazy: the
+public datasets format a record only when it is read, so asking for 20,000 examples of
+amazon_polarity's 3.6 million formats 20,000, not 3.6 million.
+
+`load_task` adds the two things every task shares: the users' own files
+(`jsonl:PATH`, `csv:PATH`) and the seeded `n_train` / `n_test` / `balance` selection.
+
+The `seed` a builder receives drives its own coin flips (sciq shows the correct answer
+or a distractor at random, as the paper's code does), so a task's labels, like OAI's,
+depend on the seed.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from w2s_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One binary example, as the model reads it.
+
+  Attributes:
+    text: the full text the model reads; pairs (passage and question, two responses)
+      are formatted into one text, as the paper's code does.
+    label: 0 or 1.
+    uid: stable index of the example within its split: the row of the source split (or
+      the record of the user's file), so the same example keeps its uid whatever
+      `n_train` or seed selected it. Weak labels are keyed by it.
+  """
+  text: str
+  label: int
+  uid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """A task's two splits after selection; `train` is later split into halves A and B."""
+  name: str
+  train: list[Example]
+  test: list[Example]
+
+
+Split = Sequence[Example | None]
+Builder = Callable[[int], tuple[Split, Split]]
+
+_BUILDERS: dict[str, Builder] = {}
+
+FILE_PREFIXES = ("jsonl:", "csv:")
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+  """Decorator: registers `builder(seed) -> (train, test)` under `name`."""
+  if any(name.startswith(prefix) for prefix in FILE_PREFIXES):
+    raise ValueError(f"task name {name!r} may not start with {FILE_PREFIXES}")
+
+  def decorator(builder: Builder) -> Builder:
+    if name in _BUILDERS and _BUILDERS[name] is not builder:
+      raise ValueError(f"task {name!r} is registered twice")
+    _BUILDERS[name] = builder
+    return builder
+
+  return decorator
+
+
+def _register_public_tasks() -> None:
+  # Imported here, not at the top, because public.py imports `register` from this file.
+  from w2s_jax.data import public  # noqa: F401  (registers on import)
+
+
+def task_names() -> list[str]:
+  """The registered task names, sorted (files are named `jsonl:PATH` / `csv:PATH`)."""
+  _register_public_tasks()
+  return sorted(_BUILDERS)
+
+
+def load_task(name: str, *, n_train: int | None = None, n_test: int | None = None,
+              seed: int = 0, balance: bool = False, csv_text_column: str = "text",
+              csv_label_column: str = "label") -> TaskData:
+  """Builds a task and selects its examples.
+
+  Args:
+    name: a registered task name, or `jsonl:PATH`, or `csv:PATH`.
+    n_train: keep at most this many training examples (a seeded random subset).
+    n_test: the same for the test split.
+    seed: drives the task's own coin flips and the subset selection.
+    balance: undersample the majority class to 50/50 before `n_*` are applied (as
+      EleutherAI/w2s does). Needs every example's label, so every example is built.
+    csv_text_column: the text column of a `csv:PATH` file.
+    csv_label_column: its label column.
+
+  Returns:
+    the TaskData; each split is ordered by uid.
+  """
+  from w2s_jax.data import files, splits  # files.py and splits.py import Example from here
+
+  if name.startswith("jsonl:"):
+    train, test = files.read_jsonl(name.removeprefix("jsonl:"))
+  elif name.startswith("csv:"):
+    train, test = files.read_csv(name.removeprefix("csv:"), text_column=csv_text_column,
+                                 label_column=csv_label_column)
+  else:
+    _register_public_tasks()
+    if name not in _BUILDERS:
+      raise UserError(f"unknown task {name!r}: use one of {', '.join(sorted(_BUILDERS))}, "
+                      "or jsonl:PATH / csv:PATH for your own data")
+    train, test = _BUILDERS[name](seed)
+  # The two splits get different selection seeds so that equal-sized splits of one
+  # source do not pick the same rows.
+  train = splits.select(train, n_train, seed=seed, balance=balance, what=f"{name} train")
+  test = splits.select(test, n_test, seed=seed + 1, balance=balance, what=f"{name} test")
+  return TaskData(name=name, train=train, test=test)
