@@ -1,0 +1,237 @@
+"""Tokenization and batching: examples become fixed-shape numpy batches.
+
+Each model tokenizes with its own tokenizer (the weak and the strong model may differ),
+so a task is tokenized once per model, not once per run.
+
+Batches have a fixed global batch size: the last, partial batch of an epoch is filled
+with padding rows of weight 0, so every batch has the same leading dimension. Their
+length T is the batch's longest sequence rounded up to `length_multiple`, so a jitted
+step compiles one shape per distinct T (at most max_length / length_multiple of them).
+
+Length bucketing keeps padding small: the shuffled examples are cut into chunks of
+`bucket_chunk` batches, each chunk is sorted by length and cut into batches, and the
+batches are shuffled (the "megabatch" recipe of Hugging Face's LengthGroupedSampler).
+A batch then holds examples of similar length, while which examples meet in a batch,
+and the batch order, still change every epoch. `padding_waste` measures the effect.
+"""
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from w2s_jax.data.tasks import Example
+from w2s_jax.errors import UserError
+
+TOKENIZE_CHUNK = 1024  # texts per tokenizer call: the fast tokenizer batches in Rust
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedSet:
+  """A split tokenized for one model.
+
+  Attributes:
+    ids: one int32 array per example, already truncated to max_length.
+    labels: [N] int32 ground truth.
+    uids: [N] int64, the examples' uids (to key weak labels).
+    n_truncated: how many examples were longer than max_length and lost their end.
+  """
+  ids: list[np.ndarray]
+  labels: np.ndarray
+  uids: np.ndarray
+  n_truncated: int = 0
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    """[N] int64 token counts."""
+    return np.array([len(ids) for ids in self.ids], dtype=np.int64)
+
+
+def tokenize(examples: Sequence[Example], tokenizer, max_length: int) -> TokenizedSet:
+  """Tokenizes examples, truncating long ones to their first `max_length` tokens.
+
+  Special tokens are added the way the model expects (the tokenizer's default,
+  add_special_tokens=True) and survive truncation. Examples are never dropped: OAI drops
+  texts longer than its context, which silently changes the task's distribution;
+  truncation keeps them (as EleutherAI does) and `n_truncated` reports how many.
+
+  Args:
+    examples: the examples.
+    tokenizer: a transformers tokenizer (PreTrainedTokenizerBase).
+    max_length: the most tokens an example keeps.
+  """
+  if max_length < 2:
+    raise UserError(f"max_length must be at least 2, got {max_length}")
+  if not examples:
+    raise UserError("no examples to tokenize")
+  texts = [example.text for example in examples]
+  ids: list[list[int]] = []
+  for start in range(0, len(texts), TOKENIZE_CHUNK):
+    # verbose=False: the "longer than the model's maximum" warning is about texts that
+    # we are about to truncate ourselves.
+    ids.extend(tokenizer(texts[start:start + TOKENIZE_CHUNK], verbose=False)["input_ids"])
+  too_long = [i for i, row in enumerate(ids) if len(row) > max_length]
+  if too_long:
+    # Tokenize only the long ones again, with the tokenizer's own truncation, so special
+    # tokens at the end (BERT's [SEP]) are kept. Truncation must keep the start: some
+    # tokenizers default to truncating on the left.
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "right"
+    try:
+      truncated = tokenizer([texts[i] for i in too_long], truncation=True,
+                            max_length=max_length, verbose=False)["input_ids"]
+    finally:
+      tokenizer.truncation_side = side
+    for i, row in zip(too_long, truncated):
+      ids[i] = row
+  empty = [examples[i].uid for i, row in enumerate(ids) if not row]
+  if empty:
+    raise UserError(f"the tokenizer turned {len(empty)} texts into no tokens (uids "
+                    f"{empty[:5]}); check that the tokenizer matches the data")
+  return TokenizedSet(
+      ids=[np.asarray(row, dtype=np.int32) for row in ids],
+      labels=np.array([example.label for example in examples], dtype=np.int32),
+      uids=np.array([example.uid for example in examples], dtype=np.int64),
+      n_truncated=len(too_long))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = False) -> int:
+  """How many batches `batches` yields per epoch."""
+  if drop_remainder:
+    return num_examples // batch_size
+  return -(-num_examples // batch_size)
+
+
+def batch_order(lengths: np.ndarray, batch_size: int, *, shuffle: bool, seed: int,
+                epoch: int = 0, bucket: bool = True, bucket_chunk: int = 50,
+                drop_remainder: bool = False) -> list[np.ndarray]:
+  """Which examples go in each global batch, in order: a list of index arrays.
+
+  Every example appears exactly once per epoch (except the remainder when
+  `drop_remainder`). The order is a function of (seed, epoch) only, so every process
+  of a multi-host run computes the same one. Only the last batch may be partial.
+
+  Args:
+    lengths: [N] token counts.
+    batch_size: the global batch size.
+    shuffle: shuffle per (seed, epoch); False keeps the data order, except that
+      bucketing then sorts the whole set by length (the fastest order for evaluation).
+    seed, epoch: what the shuffle depends on.
+    bucket: group examples of similar length into the same batches.
+    bucket_chunk: how many batches' worth of shuffled examples are sorted together.
+      Larger wastes less padding but makes batches less random.
+    drop_remainder: drop the last partial batch.
+  """
+  n = len(lengths)
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(n) if shuffle else np.arange(n)
+  chunk = batch_size * bucket_chunk if shuffle else max(n, 1)
+  if bucket:
+    # A stable sort keeps the random order among equal lengths.
+    order = np.concatenate([
+        part[np.argsort(lengths[part], kind="stable")]
+        for part in np.split(order, np.arange(chunk, n, chunk))]) if n else order
+  batches = [order[start:start + batch_size] for start in range(0, n, batch_size)]
+  if drop_remainder and batches and len(batches[-1]) < batch_size:
+    batches.pop()
+  if bucket and shuffle:
+    # Sorted chunks would otherwise feed short batches first and long ones last.
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+  return batches
+
+
+def _padded_length(longest: int, length_multiple: int) -> int:
+  return -(-longest // length_multiple) * length_multiple
+
+
+def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None = None,
+            shuffle: bool, seed: int, epoch: int = 0, bucket: bool = True, pad_id: int = 0,
+            length_multiple: int = 16, drop_remainder: bool = False, process_index: int = 0,
+            process_count: int = 1, bucket_chunk: int = 50) -> Iterator[dict[str, np.ndarray]]:
+  """Yields one epoch of numpy batches of a fixed global size (this process's rows).
+
+  Each batch is a dict:
+    input_ids [B, T] int32: right padded with pad_id.
+    attention_mask [B, T] int32: 1 = real token.
+    labels [B] int32: ground truth.
+    targets [B, 2] float32: soft targets, the `targets` rows if given, else one-hot
+      labels.
+    weight [B] float32: 1 for a real row, 0 for a padding row.
+    index [B] int32: the row's position in `data`; -1 for a padding row.
+  B is batch_size // process_count: every process computes the same global order and
+  yields its own contiguous block of rows of each global batch. T is the global batch's
+  longest sequence rounded up to `length_multiple`, the same on every process.
+
+  Padding rows (the end of the last batch) have weight 0, labels 0 and zero targets, and
+  attend to one token: a row that attends to nothing can make attention's softmax NaN,
+  and NaN times weight 0 is still NaN in a summed loss.
+
+  Args:
+    data: the tokenized split.
+    batch_size: the global batch size.
+    targets: [N, 2] soft targets (weak labels) aligned with `data`; default one-hot labels.
+    shuffle, seed, epoch, bucket, bucket_chunk, drop_remainder: see `batch_order`.
+    pad_id: the token id of padding positions (masked out; any id in the vocabulary).
+    length_multiple: T is rounded up to a multiple of this.
+    process_index, process_count: this process and how many share each global batch.
+  """
+  if batch_size <= 0:
+    raise UserError(f"batch_size must be positive, got {batch_size}")
+  if not 0 <= process_index < process_count:
+    raise UserError(f"process_index {process_index} is not in [0, {process_count})")
+  if batch_size % process_count:
+    raise UserError(f"global batch size {batch_size} does not divide evenly over "
+                    f"{process_count} processes; make it a multiple of {process_count}")
+  if length_multiple <= 0:
+    raise UserError(f"length_multiple must be positive, got {length_multiple}")
+  n = len(data)
+  if targets is None:
+    targets = np.eye(2, dtype=np.float32)[data.labels]
+  else:
+    targets = np.asarray(targets, dtype=np.float32)
+    if targets.shape != (n, 2):
+      raise UserError(f"targets have shape {targets.shape}, expected ({n}, 2): one row "
+                      "of class probabilities per example")
+    if not np.all(np.isfinite(targets)):
+      raise UserError("targets contain NaN or inf; check the weak labels")
+  lengths = data.lengths
+  local = batch_size // process_count
+  rows = slice(process_index * local, (process_index + 1) * local)
+  for members in batch_order(lengths, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                             bucket=bucket, bucket_chunk=bucket_chunk,
+                             drop_remainder=drop_remainder):
+    seq_len = _padded_length(int(lengths[members].max()), length_multiple)
+    index = np.full(batch_size, -1, dtype=np.int32)
+    index[:len(members)] = members
+    index = index[rows]
+    real = index >= 0
+    input_ids = np.full((local, seq_len), pad_id, dtype=np.int32)
+    attention_mask = np.zeros((local, seq_len), dtype=np.int32)
+    for row, i in enumerate(index[real]):
+      input_ids[row, :lengths[i]] = data.ids[i]
+      attention_mask[row, :lengths[i]] = 1
+    attention_mask[~real, 0] = 1  # see the docstring: no row attends to nothing
+    labels = np.zeros(local, dtype=np.int32)
+    labels[real] = data.labels[index[real]]
+    batch_targets = np.zeros((local, 2), dtype=np.float32)
+    batch_targets[real] = targets[index[real]]
+    yield dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+               targets=batch_targets, weight=real.astype(np.float32), index=index)
+
+
+def padding_waste(data: TokenizedSet, batch_size: int, *, bucket: bool,
+                  length_multiple: int = 16, seed: int = 0, bucket_chunk: int = 50) -> float:
+  """The fraction of token slots in one shuffled epoch's batches that are padding.
+
+  Counts every slot the model computes, [batch_size, T] per batch, the padding rows of
+  the last batch included.
+  """
+  lengths = data.lengths
+  slots = 0
+  for members in batch_order(lengths, batch_size, shuffle=True, seed=seed, bucket=bucket,
+                             bucket_chunk=bucket_chunk):
+    slots += batch_size * _padded_length(int(lengths[members].max()), length_multiple)
+  return 1.0 - float(lengths.sum()) / slots if slots else 0.0
