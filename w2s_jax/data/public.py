@@ -23,8 +23,11 @@ Where we differ from the sources, on purpose:
   * the ethics tasks end at "A:"; EleutherAI/weak-to-strong wrote the answer after it.
   * arc and winogrande are in neither source; they follow the same coin-flip recipe.
 
-The Hub ids are the ones that load with `datasets` >= 4 (which dropped loading
-scripts); older scripted ids (`piqa`, `super_glue`) are replaced by parquet copies.
+The Hub ids (`SOURCES`) prefer repositories of plain data files, because `datasets` >= 4
+no longer runs loading scripts (so `piqa` is read from a parquet copy, `baber/piqa`, as
+lm-evaluation-harness does). They were chosen without network access and are not
+verified here: if one has moved, change its `HfSource`, or export the data to a file and
+use `jsonl:PATH`.
 """
 
 import dataclasses
