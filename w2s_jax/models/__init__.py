@@ -65,6 +65,9 @@ def preset(name: str, **runtime: Any) -> Any:
   known = sorted({n for module, _, _ in ARCHITECTURES.values() for n in module.PRESETS})
   raise UserError(f"unknown model preset {name!r}; known: {known}")
 
+from w2s_jax.models import llama  # noqa: E402  (registered after `register` is defined)
+register(llama, llama.LlamaConfig, llama.Llama)
+
 from w2s_jax.models import bert, mpnet  # noqa: E402  (registered after `register` is defined)
 register(bert, bert.BertConfig, bert.Bert)
 register(mpnet, mpnet.MPNetConfig, mpnet.MPNet)
