@@ -20,7 +20,7 @@ TINY = dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_he
 
 
 def randomise(model: torch.nn.Module) -> torch.nn.Module:
-  """HF initialises biases to 0 and LayerNorms to 1; perturb every tensor so the map of each is tested."""
+  """HF starts biases at 0 and LayerNorms at 1; perturb every tensor so each one's map is tested."""
   torch.manual_seed(1)
   with torch.no_grad():
     for p in model.parameters():
@@ -88,7 +88,8 @@ def test_bert_poolings_first_is_cls_and_mean_is_masked_mean(tiny_bert_dir):
   np.testing.assert_allclose(our_features(mean, ids, mask), masked_mean, atol=1e-4)
 
 
-def test_bert_default_pooling_is_cls_unless_sentence_transformers_says_mean(tiny_bert_dir, tmp_path):
+def test_bert_default_pooling_is_cls_unless_sentence_transformers_says_mean(tiny_bert_dir,
+                                                                            tmp_path):
   directory, _ = tiny_bert_dir
   mesh = parity.one_device_mesh()
   assert checkpoints.load_pretrained(directory, mesh).module.pooling == "first"
@@ -157,7 +158,7 @@ def backbone_parameter_count(preset: str) -> int:
 def test_bert_preset_parameter_counts_without_memory(preset, without_pooler, model_card_millions):
   n = backbone_parameter_count(preset)
   assert n == without_pooler
-  # The model cards count HF's pooler (D² + D), which we do not load; compare at the card's precision.
+  # The model cards count HF's pooler (D² + D), which we do not load; compare at their precision.
   d = models.preset(preset).d_model
   decimals = len(model_card_millions.split(".")[1])
   assert f"{(n + d * d + d) / 1e6:.{decimals}f}" == model_card_millions

@@ -75,10 +75,10 @@ def test_mpnet_positions_come_from_the_mask_not_the_pad_id(tmp_path):
   with_pad_id = ids.copy()
   with_pad_id[0, 2] = mpnet.PADDING_IDX  # a real token
   positions = np.where(mask == 1, np.cumsum(mask, 1) + mpnet.PADDING_IDX, mpnet.PADDING_IDX)
+  as_torch = lambda a: torch.tensor(a, dtype=torch.long)
   with torch.no_grad():
-    expected = model(input_ids=torch.tensor(with_pad_id, dtype=torch.long),
-                     attention_mask=torch.tensor(mask, dtype=torch.long),
-                     position_ids=torch.tensor(positions, dtype=torch.long)).last_hidden_state.numpy()
+    expected = model(input_ids=as_torch(with_pad_id), attention_mask=as_torch(mask),
+                     position_ids=as_torch(positions)).last_hidden_state.numpy()
   hidden = our_hidden(ours, with_pad_id, mask)
   assert parity.max_abs_diff_on_real_tokens(hidden, expected, mask) <= 1e-4
 

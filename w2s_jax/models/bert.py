@@ -49,8 +49,8 @@ class BertConfig:
   def from_hf(cls, hf: dict[str, Any]) -> "BertConfig":
     # Old config.json files carry position_embedding_type; only absolute positions are ported.
     if hf.get("position_embedding_type", "absolute") != "absolute":
-      raise UserError(f"BERT position_embedding_type {hf['position_embedding_type']!r} is not supported; "
-                      "use a checkpoint with absolute position embeddings")
+      raise UserError(f"BERT position_embedding_type {hf['position_embedding_type']!r} is not "
+                      "supported; use a checkpoint with absolute position embeddings")
     if hf.get("is_decoder"):
       raise UserError("this BERT checkpoint is configured as a decoder (is_decoder=true); "
                       "only bidirectional BERT encoders are supported")
@@ -83,7 +83,7 @@ def bidirectional_attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with biased q/k/v/out projections (HF: query/key/value/output.dense)."""
+  """Multi-head self-attention, q/k/v/out projections with biases (HF: query/key/value/output)."""
   config: Any  # BertConfig or MPNetConfig: d_model, n_heads, head_dim, dtype
 
   @nn.compact
@@ -156,7 +156,8 @@ def heads_in_kernel(n_heads: int, head_dim: int):
   return lambda w: w.T.reshape(n_heads, head_dim, w.shape[0])
 
 
-def encoder_layer_tensor_map(c: Any, ours: str, hf: str, names: dict[str, str]) -> dict[str, tuple[str, Any]]:
+def encoder_layer_tensor_map(c: Any, ours: str, hf: str,
+                             names: dict[str, str]) -> dict[str, tuple[str, Any]]:
   """The map of one EncoderLayer; `names` gives HF's module names (BERT and MPNet differ)."""
   same = None
   N, H = c.n_heads, c.head_dim
@@ -178,9 +179,10 @@ def encoder_layer_tensor_map(c: Any, ours: str, hf: str, names: dict[str, str]) 
   return table
 
 
-HF_LAYER_NAMES = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-                  "out": "attention.output.dense", "attn_ln": "attention.output.LayerNorm",
-                  "mlp_ln": "output.LayerNorm"}
+# HF's module names inside encoder.layer.{i}, by the name of our sub-module they fill.
+HF_LAYER_NAMES = {"q": "attention.self.query", "k": "attention.self.key",
+                  "v": "attention.self.value", "out": "attention.output.dense",
+                  "attn_ln": "attention.output.LayerNorm", "mlp_ln": "output.LayerNorm"}
 
 
 def hf_tensor_map(c: BertConfig) -> dict[str, tuple[str, Any]]:

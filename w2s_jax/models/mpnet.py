@@ -97,13 +97,12 @@ class MPNet(nn.Module):
 
   def setup(self):
     c = self.config
-    self.word_embeddings = nn.Embed(c.vocab_size, c.d_model, embedding_init=layers.default_init,
-                                    param_dtype=jnp.float32)
-    self.position_embeddings = nn.Embed(c.max_positions, c.d_model, embedding_init=layers.default_init,
-                                        param_dtype=jnp.float32)
+    embed = lambda n, d, name: nn.Embed(n, d, embedding_init=layers.default_init,
+                                        param_dtype=jnp.float32, name=name)
+    self.word_embeddings = embed(c.vocab_size, c.d_model, "word_embeddings")
+    self.position_embeddings = embed(c.max_positions, c.d_model, "position_embeddings")
     self.embeddings_ln = layers.LayerNorm(c.layer_norm_eps, jnp.dtype(c.dtype))
-    self.relative_attention_bias = nn.Embed(c.relative_buckets, c.n_heads,
-                                            embedding_init=layers.default_init, param_dtype=jnp.float32)
+    self.relative_attention_bias = embed(c.relative_buckets, c.n_heads, "relative_attention_bias")
     layer = nn.remat(bert.EncoderLayer) if c.remat else bert.EncoderLayer
     self.layers = [layer(c, name=f"layer_{i}") for i in range(c.n_layers)]
 
