@@ -1,4 +1,4 @@
-"""Llama / Qwen2 / Mistral: exact parity with transformers' PyTorch models on the same weights, and the real sizes."""
+"""Llama / Qwen2 / Mistral: parity with transformers' PyTorch models; the real sizes."""
 
 import dataclasses
 
@@ -13,8 +13,8 @@ from w2s_jax import models, sharding
 from w2s_jax.errors import UserError
 from w2s_jax.models import checkpoints, llama
 
-SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=64)
+SMALL = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=64)
 # Each tiny model exercises one thing the real families differ in.
 TINY = {
     # Qwen2: q/k/v bias, grouped-query attention (2 key/value heads for 4 query heads), untied head.
@@ -25,15 +25,16 @@ TINY = {
     # *and* divided-by-factor branches even in a 12-token batch.
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
               dict(num_key_value_heads=2, tie_word_embeddings=True,
-                   rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                     original_max_position_embeddings=16))),
+                   rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                     high_freq_factor=4.0, original_max_position_embeddings=16))),
     # Llama with attention_bias + mlp_bias (every projection biased) and a head_dim that is not D/N.
     "llama_biases": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
                      dict(num_key_value_heads=1, head_dim=16, attention_bias=True, mlp_bias=True,
                           tie_word_embeddings=False)),
     # Mistral: a sliding window (4) shorter than the longest sequence (12).
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,
-                dict(num_key_value_heads=2, head_dim=8, sliding_window=4, tie_word_embeddings=False)),
+                dict(num_key_value_heads=2, head_dim=8, sliding_window=4,
+                     tie_word_embeddings=False)),
 }
 
 
@@ -64,8 +65,8 @@ def tiny_dirs(tmp_path_factory):
 
 def _hidden(loaded, ids, mask):
   """parity.our_hidden, jitted: op-by-op dispatch costs seconds on this CPU."""
-  return jax.jit(lambda params: parity.our_hidden(dataclasses.replace(loaded, params=params), ids, mask))(
-      loaded.params)
+  hidden = lambda params: parity.our_hidden(dataclasses.replace(loaded, params=params), ids, mask)
+  return jax.jit(hidden)(loaded.params)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -84,7 +85,8 @@ def test_llama_family_parity_hidden_and_lm_logits(tiny_dirs, name):
 
 def test_configs_read_what_makes_each_family_different(tiny_dirs):
   qwen = checkpoints.load_pretrained(tiny_dirs("qwen2")[0], parity.one_device_mesh(), task="lm")
-  assert (qwen.config.qkv_bias, qwen.config.out_bias, qwen.config.tie_embeddings) == (True, False, False)
+  c = qwen.config
+  assert (c.qkv_bias, c.out_bias, c.tie_embeddings) == (True, False, False)
   assert (qwen.config.n_heads, qwen.config.n_kv_heads, qwen.config.rope_theta) == (4, 2, 1e6)
   assert qwen.params["backbone"]["lm_head"]["kernel"].shape == (32, 97)
   tied = checkpoints.load_pretrained(tiny_dirs("llama")[0], parity.one_device_mesh(), task="lm")
@@ -99,7 +101,7 @@ def test_llama3_rope_scaling_changes_the_output(tiny_dirs):
   ids, mask = parity.padded_batch(SMALL["vocab_size"])
   expected = parity.torch_forward(torch_model, ids, mask).logits.numpy()
   lm = parity.load_ours(directory, parity.one_device_mesh(), task="lm")
-  unscaled = checkpoints.build_model(llama.LlamaConfig(**{**vars(lm.config), "rope_scaling": None}), task="lm")
+  unscaled = checkpoints.build_model(dataclasses.replace(lm.config, rope_scaling=None), task="lm")
   logits = jax.jit(unscaled.apply)({"params": lm.params}, ids, mask)
   assert parity.max_abs_diff_on_real_tokens(logits, expected, mask) > 1e-2
 
@@ -128,7 +130,8 @@ def test_remat_and_bfloat16_forward_stays_close(tiny_dirs):
   directory, torch_model = tiny_dirs("qwen2")
   ids, mask = parity.padded_batch(SMALL["vocab_size"])
   expected = parity.torch_forward(torch_model, ids, mask).logits.numpy()
-  fast = checkpoints.load_pretrained(directory, parity.one_device_mesh(), task="lm", dtype="bfloat16", remat=True)
+  fast = checkpoints.load_pretrained(directory, parity.one_device_mesh(), task="lm",
+                                     dtype="bfloat16", remat=True)
   logits = jax.jit(fast.module.apply)({"params": fast.params}, ids, mask)
   hidden = _hidden(fast, ids, mask)
   assert hidden.dtype == np.dtype("bfloat16")  # the blocks really ran in bfloat16
@@ -179,7 +182,7 @@ def test_preset_parameter_counts_without_memory(preset, exact):
 @pytest.mark.parametrize("preset, billions", [
     ("qwen2.5-3b", 3.09), ("qwen2.5-72b", 72.7), ("llama-3.1-8b", 8.03), ("llama-3.2-1b", 1.24),
     ("llama-3.2-3b", 3.21), ("smollm2-360m", 0.362), ("smollm2-1.7b", 1.71),
-    # The Qwen2.5-32B card says 32.5B; its config's sizes give 32.76B, as the hub's count (32.8B) does.
+    # The Qwen2.5-32B card says 32.5B; its config's sizes give 32.76B, as does the hub (32.8B).
     ("qwen2.5-32b", 32.8),
 ])
 def test_other_presets_match_their_model_cards(preset, billions):
@@ -192,8 +195,8 @@ def test_other_presets_match_their_model_cards(preset, billions):
 
 
 def test_unsupported_configs_are_one_clear_line():
-  base = dict(model_type="qwen2", vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-              num_attention_heads=4, num_key_value_heads=2)
+  base = dict(model_type="qwen2", vocab_size=97, hidden_size=32, intermediate_size=64,
+              num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
   with pytest.raises(UserError, match="use_sliding_window"):
     llama.LlamaConfig.from_hf(base | dict(use_sliding_window=True, sliding_window=8))
   with pytest.raises(UserError, match="rope_scaling type 'yarn' is not supported"):

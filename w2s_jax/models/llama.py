@@ -56,13 +56,15 @@ class LlamaConfig:
   def __post_init__(self):
     if self.n_heads % self.n_kv_heads:
       raise UserError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}; "
-                      "grouped-query attention shares each key/value head by a whole group of query heads")
+                      "each key/value head must serve a whole group of query heads")
     if self.head_dim % 2:
-      raise UserError(f"head_dim={self.head_dim} is odd; rotary embeddings rotate pairs, use an even head_dim")
+      raise UserError(f"head_dim={self.head_dim} is odd; rotary embeddings rotate pairs, "
+                      "use an even head_dim")
     kind = dict(self.rope_scaling or ()).get("rope_type", "default")
     if kind not in SUPPORTED_ROPE_TYPES:
-      raise UserError(f"rope_scaling type {kind!r} is not supported (supported: {SUPPORTED_ROPE_TYPES}); "
-                      "remove rope_scaling from config.json to use the model at its native context length")
+      raise UserError(f"rope_scaling type {kind!r} is not supported (supported: "
+                      f"{SUPPORTED_ROPE_TYPES}); remove rope_scaling from config.json to use "
+                      "the model at its native context length")
 
   @property
   def rope_scaling_dict(self) -> dict[str, Any] | None:
@@ -84,12 +86,13 @@ class LlamaConfig:
       bias = bool(hf.get("attention_bias", False))
       qkv_bias, out_bias, mlp_bias, window = bias, bias, bool(hf.get("mlp_bias", False)), None
     else:
-      raise UserError(f"model_type {model_type!r} is not a Llama-family model; expected one of {HF_MODEL_TYPES}")
-    return cls(vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-               n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+      raise UserError(f"model_type {model_type!r} is not a Llama-family model; "
+                      f"expected one of {HF_MODEL_TYPES}")
+    return cls(vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"],
+               n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
                head_dim=hf.get("head_dim") or d // n_heads, d_ff=hf["intermediate_size"],
-               rms_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope_theta, rope_scaling=rope_scaling,
-               max_positions=hf.get("max_position_embeddings", 2048),
+               rms_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope_theta,
+               rope_scaling=rope_scaling, max_positions=hf.get("max_position_embeddings", 2048),
                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias, sliding_window=window,
                activation=hf.get("hidden_act", "silu"))
@@ -111,49 +114,58 @@ def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, tuple[tuple[str, Any], ...
     return theta, None
   unhashable = [k for k, v in scaling.items() if isinstance(v, (list, dict))]
   if unhashable:
-    raise UserError(f"rope_scaling type {scaling.get('rope_type')!r} (with per-dimension {unhashable}) "
-                    f"is not supported (supported: {SUPPORTED_ROPE_TYPES}); remove rope_scaling from config.json")
+    raise UserError(f"rope_scaling type {scaling.get('rope_type')!r} (with per-dimension "
+                    f"{unhashable}) is not supported (supported: {SUPPORTED_ROPE_TYPES}); "
+                    "remove rope_scaling from config.json")
   return theta, tuple(sorted(scaling.items()))
 
 
 def _llama3_scaling(factor: float) -> tuple[tuple[str, Any], ...]:
-  return tuple(sorted(dict(rope_type="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
-                           original_max_position_embeddings=8192).items()))
+  scaling = dict(rope_type="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+                 original_max_position_embeddings=8192)
+  return tuple(sorted(scaling.items()))
 
 
 def _qwen25(**sizes: Any) -> LlamaConfig:
-  return LlamaConfig(**(dict(vocab_size=151936, head_dim=128, rms_eps=1e-6, rope_theta=1e6, max_positions=32768,
-                             tie_embeddings=False, qkv_bias=True) | sizes))
+  family = dict(vocab_size=151936, head_dim=128, rms_eps=1e-6, rope_theta=1e6, max_positions=32768,
+                tie_embeddings=False, qkv_bias=True)
+  return LlamaConfig(**(family | sizes))
 
 
 def _smollm2(**sizes: Any) -> LlamaConfig:
-  return LlamaConfig(**(dict(vocab_size=49152, head_dim=64, rms_eps=1e-5, rope_theta=100000.0,
-                             max_positions=8192, tie_embeddings=True) | sizes))
+  family = dict(vocab_size=49152, head_dim=64, rms_eps=1e-5, rope_theta=100000.0,
+                max_positions=8192, tie_embeddings=True)
+  return LlamaConfig(**(family | sizes))
 
 
 # The official config.json sizes; `jax.eval_shape` of these checks our parameter counts.
 PRESETS = {
-    "qwen2.5-0.5b": _qwen25(d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64, d_ff=4864,
+    "qwen2.5-0.5b": _qwen25(d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+                            d_ff=4864, tie_embeddings=True),
+    "qwen2.5-1.5b": _qwen25(d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, d_ff=8960,
                             tie_embeddings=True),
-    "qwen2.5-1.5b": _qwen25(d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, d_ff=8960, tie_embeddings=True),
-    "qwen2.5-3b": _qwen25(d_model=2048, n_layers=36, n_heads=16, n_kv_heads=2, d_ff=11008, tie_embeddings=True),
-    "qwen2.5-7b": _qwen25(vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, d_ff=18944,
-                          max_positions=131072),
-    "qwen2.5-14b": _qwen25(vocab_size=152064, d_model=5120, n_layers=48, n_heads=40, n_kv_heads=8, d_ff=13824,
-                           rms_eps=1e-5, max_positions=131072),
-    "qwen2.5-32b": _qwen25(vocab_size=152064, d_model=5120, n_layers=64, n_heads=40, n_kv_heads=8, d_ff=27648,
-                           rms_eps=1e-5, max_positions=131072),
-    "qwen2.5-72b": _qwen25(vocab_size=152064, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8, d_ff=29568,
-                           rms_eps=1e-5, max_positions=131072),
+    "qwen2.5-3b": _qwen25(d_model=2048, n_layers=36, n_heads=16, n_kv_heads=2, d_ff=11008,
+                          tie_embeddings=True),
+    "qwen2.5-7b": _qwen25(vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4,
+                          d_ff=18944, max_positions=131072),
+    "qwen2.5-14b": _qwen25(vocab_size=152064, d_model=5120, n_layers=48, n_heads=40, n_kv_heads=8,
+                           d_ff=13824, rms_eps=1e-5, max_positions=131072),
+    "qwen2.5-32b": _qwen25(vocab_size=152064, d_model=5120, n_layers=64, n_heads=40, n_kv_heads=8,
+                           d_ff=27648, rms_eps=1e-5, max_positions=131072),
+    "qwen2.5-72b": _qwen25(vocab_size=152064, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                           d_ff=29568, rms_eps=1e-5, max_positions=131072),
     "llama-3-8b": LlamaConfig(),
     "llama-3.1-8b": LlamaConfig(rope_scaling=_llama3_scaling(8.0), max_positions=131072),
-    "llama-3.2-1b": LlamaConfig(d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64, d_ff=8192,
-                                tie_embeddings=True, rope_scaling=_llama3_scaling(32.0), max_positions=131072),
-    "llama-3.2-3b": LlamaConfig(d_model=3072, n_layers=28, n_heads=24, n_kv_heads=8, head_dim=128, d_ff=8192,
-                                tie_embeddings=True, rope_scaling=_llama3_scaling(32.0), max_positions=131072),
+    "llama-3.2-1b": LlamaConfig(d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
+                                d_ff=8192, tie_embeddings=True, rope_scaling=_llama3_scaling(32.0),
+                                max_positions=131072),
+    "llama-3.2-3b": LlamaConfig(d_model=3072, n_layers=28, n_heads=24, n_kv_heads=8, head_dim=128,
+                                d_ff=8192, tie_embeddings=True, rope_scaling=_llama3_scaling(32.0),
+                                max_positions=131072),
     "smollm2-135m": _smollm2(d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536),
     "smollm2-360m": _smollm2(d_model=960, n_layers=32, n_heads=15, n_kv_heads=5, d_ff=2560),
-    "smollm2-1.7b": _smollm2(d_model=2048, n_layers=24, n_heads=32, n_kv_heads=32, d_ff=8192, rope_theta=130000.0),
+    "smollm2-1.7b": _smollm2(d_model=2048, n_layers=24, n_heads=32, n_kv_heads=32, d_ff=8192,
+                             rope_theta=130000.0),
 }
 
 
@@ -270,7 +282,8 @@ def hf_tensor_map(c: LlamaConfig) -> dict[str, tuple[str, Any]]:
         table[f"{ours}/attn/{name}/bias"] = (f"{hf}.self_attn.{name}_proj.bias",
                                            lambda b, n=n: b.reshape(n, H))
     # o_proj.weight [D, N*H] -> [N, H, D].
-    table[f"{ours}/attn/out/kernel"] = (f"{hf}.self_attn.o_proj.weight", lambda w: w.T.reshape(N, H, D))
+    table[f"{ours}/attn/out/kernel"] = (f"{hf}.self_attn.o_proj.weight",
+                                        lambda w: w.T.reshape(N, H, D))
     if c.out_bias:
       table[f"{ours}/attn/out/bias"] = (f"{hf}.self_attn.o_proj.bias", same)
     for name in ("gate", "up", "down"):
