@@ -7,6 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import transformers
 
@@ -71,6 +72,25 @@ def test_bert_parity_checkpoint_saved_from_a_task_model(task_model, tmp_path):
   torch.manual_seed(0)
   model = randomise(getattr(transformers, task_model)(transformers.BertConfig(**TINY)))
   ours = parity.load_ours(save(model, tmp_path), parity.one_device_mesh(), task="classify")
+  ids, mask = parity.padded_batch(TINY["vocab_size"])
+  hidden = our_hidden(ours, ids, mask)
+  assert parity.max_abs_diff_on_real_tokens(hidden, hf_hidden(model.bert, ids, mask), mask) <= 1e-4
+
+
+def test_bert_parity_checkpoint_with_2019_gamma_beta_layernorm_names(tmp_path):
+  # bert-base-uncased on the hub stores "bert.embeddings.LayerNorm.gamma", not ".weight".
+  torch.manual_seed(0)
+  model = randomise(transformers.BertForPreTraining(transformers.BertConfig(**TINY)))
+  model.config.save_pretrained(tmp_path)
+  renames = {".LayerNorm.weight": ".LayerNorm.gamma", ".LayerNorm.bias": ".LayerNorm.beta"}
+  old_names = {}
+  for name, tensor in model.state_dict().items():
+    for new, old in renames.items():
+      name = name.removesuffix(new) + old if name.endswith(new) else name
+    old_names[name] = tensor.clone()  # clone: tied tensors share memory, which safetensors refuses
+  assert "bert.embeddings.LayerNorm.gamma" in old_names
+  safetensors.torch.save_file(old_names, tmp_path / "model.safetensors")
+  ours = parity.load_ours(tmp_path, parity.one_device_mesh(), task="classify")
   ids, mask = parity.padded_batch(TINY["vocab_size"])
   hidden = our_hidden(ours, ids, mask)
   assert parity.max_abs_diff_on_real_tokens(hidden, hf_hidden(model.bert, ids, mask), mask) <= 1e-4

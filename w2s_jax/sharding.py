@@ -44,6 +44,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     if known <= 0 or n % known:
       raise UserError(f"mesh: {n} devices are not divisible by {known}; choose mesh sizes that divide {n}")
     sizes[sizes.index(-1)] = n // known
+  if int(np.prod(sizes)) < n and -1 not in (data, fsdp) and jax.process_count() == 1 and min(sizes) >= 1:
+    devices = devices[:int(np.prod(sizes))]  # a smaller mesh on one host: use the first devices
+    n = len(devices)
   if int(np.prod(sizes)) != n or min(sizes) < 1:
     raise UserError(f"mesh: data={sizes[0]} x fsdp={sizes[1]} != {n} devices; "
                     f"set config.mesh.data/fsdp so that their product is {n} (or use -1 for one)")

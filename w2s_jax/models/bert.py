@@ -205,5 +205,8 @@ def hf_tensor_map(c: BertConfig) -> dict[str, tuple[str, Any]]:
 # (cls.*) and BertForSequenceClassification's classifier (outside the "bert." prefix).
 HF_IGNORED = (r"^embeddings\.(position_ids|token_type_ids)$", r"^pooler\.", r"^cls\.",
               r"^classifier\.")
+# Checkpoints converted in 2019 (bert-base-uncased's own model.safetensors among them) still
+# call LayerNorm parameters gamma/beta; the loader tries these spellings when a name is absent.
+HF_LEGACY_NAMES = ((r"LayerNorm\.weight$", "LayerNorm.gamma"), (r"LayerNorm\.bias$", "LayerNorm.beta"))
 HF_PREFIXES = ("bert.", "")
 HF_MODEL_TYPES = ("bert",)

@@ -167,8 +167,13 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
   return tree
 
 
-def _resolve_names(reader: CheckpointReader, wanted: list[str], prefixes: tuple[str, ...]) -> tuple[dict, str]:
-  """Find the prefix under which the checkpoint stores the backbone ('transformer.', 'model.', '' …)."""
+def _resolve_names(reader: CheckpointReader, wanted: list[str], prefixes: tuple[str, ...],
+                   legacy_names: tuple[tuple[str, str], ...] = ()) -> tuple[dict, str]:
+  """Find the prefix under which the checkpoint stores the backbone ('transformer.', 'model.', '' …).
+
+  legacy_names: (regex, replacement) pairs giving older spellings of a name, tried when the
+  current one is absent (BERT checkpoints of 2019 call LayerNorm weights gamma/beta).
+  """
   best_prefix, best_hits = prefixes[0], -1
   for prefix in prefixes:
     hits = sum(prefix + name in reader.names for name in wanted)
@@ -176,7 +181,9 @@ def _resolve_names(reader: CheckpointReader, wanted: list[str], prefixes: tuple[
       best_prefix, best_hits = prefix, hits
   resolved = {}
   for name in wanted:
-    for candidate in (best_prefix + name, name):  # top-level tensors (lm_head) sit outside the prefix
+    spellings = [name] + [re.sub(p, r, name) for p, r in legacy_names if re.search(p, name)]
+    # Top-level tensors (lm_head) sit outside the prefix.
+    for candidate in [s for spelling in spellings for s in (best_prefix + spelling, spelling)]:
       if candidate in reader.names:
         resolved[name] = candidate
         break
@@ -194,7 +201,8 @@ def load_backbone_params(directory: Path, config: Any, abstract_backbone: Any, s
   assert not unmapped, f"hf_tensor_map of {arch.__name__} misses our parameters {unmapped[:5]}"
 
   wanted = sorted({hf_name for hf_name, _ in table.values()})
-  resolved, prefix = _resolve_names(reader, wanted, arch.HF_PREFIXES)
+  resolved, prefix = _resolve_names(reader, wanted, arch.HF_PREFIXES,
+                                    getattr(arch, "HF_LEGACY_NAMES", ()))
   missing = [n for n in wanted if n not in resolved]
   ignored = [re.compile(p) for p in arch.HF_IGNORED]
   used = set(resolved.values())
@@ -255,6 +263,18 @@ def load_pretrained(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, task: 
         out_shardings={k: shardings[k] for k in rest})
     params |= init_rest(jax.random.key(seed))
   return LoadedModel(module, config, params, directory)
+
+
+def head_only(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, d_model: int, num_labels: int = 2,
+              pooling: str | None = None, head_init: str = "zeros", seed: int = 0) -> LoadedModel:
+  """A classifier whose params hold only the head: for training on cached features (no weights read)."""
+  directory = resolve_checkpoint(name_or_path)
+  config = models.config_from_hf(read_hf_config(directory))
+  if pooling is None:
+    pooling = default_pooling(config, directory)
+  module = build_model(config, num_labels=num_labels, pooling=pooling, head_init=head_init)
+  params = module.init(jax.random.key(seed), jnp.zeros((1, d_model), jnp.float32), method="classify")["params"]
+  return LoadedModel(module, config, jax.device_put(params, sharding.replicated(mesh)), directory)
 
 
 def load_tokenizer(name_or_path: str | Path):

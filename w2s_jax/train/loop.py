@@ -1,0 +1,240 @@
+"""The training loop and the batched inference that every stage of the protocol is made of.
+
+`train` fine-tunes a Classifier on (tokenized examples, soft targets); `predict`
+gives class probabilities in data order (weak labels, test metrics); `features`
+gives pooled features (the cached linear probe trains its head on them).
+The loop never waits on the device between steps: metrics are fetched every
+`log_every` steps, batches are prefetched onto the devices one step ahead.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from w2s_jax import sharding
+from w2s_jax.data.batching import TokenizedSet, batches
+from w2s_jax.errors import UserError
+from w2s_jax.models.checkpoints import LoadedModel
+from w2s_jax.train import losses, optim, state as state_lib, steps
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  batch_size: int = 32          # global batch (the paper code's 32)
+  microbatches: int = 1         # gradient accumulation inside the step
+  epochs: float = 2.0
+  lr: float = 5e-5
+  optimizer: str = "adam"       # adam | adamw | adafactor
+  schedule: str = "cosine"      # cosine (to 0) | constant
+  warmup_steps: int = 0
+  weight_decay: float = 0.0
+  clip_norm: float | None = None
+  loss: str = "xent"
+  loss_kwargs: tuple[tuple[str, Any], ...] = ()
+  linear_probe: bool = False    # train only the head
+  cache_features: bool = True   # linear probe: compute pooled features once, train the head on them
+  bucket: bool = True           # group examples of similar length into batches
+  length_multiple: int = 16
+  log_every: int = 10
+  checkpoint_every: int = 0     # 0: only at the end
+  seed: int = 0
+
+
+def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+  return max(1, math.ceil(cfg.epochs * math.ceil(n_examples / cfg.batch_size)))
+
+
+def _prefetch(iterator: Iterator[dict[str, np.ndarray]], mesh: Mesh, size: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Put batches on the devices `size` steps ahead (transfers overlap the running step)."""
+  queue: list[dict[str, jax.Array]] = []
+  for batch in iterator:
+    queue.append(sharding.global_batch(batch, mesh))
+    if len(queue) >= size:
+      yield queue.pop(0)
+  yield from queue
+
+
+def _feature_batches(features: np.ndarray, labels: np.ndarray, targets: np.ndarray, batch_size: int, *,
+                     seed: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled fixed-size batches of cached features; the last one padded with weight-0 rows."""
+  n = len(features)
+  order = np.random.default_rng([seed, epoch]).permutation(n)
+  process, count = jax.process_index(), jax.process_count()
+  for start in range(0, n, batch_size):
+    rows = order[start:start + batch_size]
+    pad = batch_size - len(rows)
+    idx = np.concatenate([rows, np.zeros(pad, np.int64)])
+    weight = np.concatenate([np.ones(len(rows), np.float32), np.zeros(pad, np.float32)])
+    batch = {"features": features[idx].astype(np.float32), "labels": labels[idx].astype(np.int32),
+             "targets": targets[idx].astype(np.float32), "weight": weight,
+             "index": np.where(weight > 0, idx, -1).astype(np.int32)}
+    block = batch_size // count
+    yield {k: v[process * block:(process + 1) * block] for k, v in batch.items()}
+
+
+def _checkpoint_manager(directory: Path | None, cfg: TrainConfig) -> ocp.CheckpointManager | None:
+  if directory is None:
+    return None
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, save_interval_steps=max(cfg.checkpoint_every, 1),
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def train(model: LoadedModel, data: TokenizedSet, mesh: Mesh, cfg: TrainConfig, *,
+          targets: np.ndarray | None = None, pad_id: int = 0, checkpoint_dir: Path | None = None,
+          log: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train") -> Any:
+  """Fine-tune `model` on tokenized `data` against soft `targets` [N, C] (default: one-hot ground truth).
+
+  With `cfg.linear_probe` only the head trains (and with `cfg.cache_features` the pooled
+  features are computed once and the backbone never runs again). Returns the trained
+  params. With `checkpoint_dir`, the state is saved every `cfg.checkpoint_every` steps and
+  at the end, and a rerun resumes from the latest save.
+  """
+  if cfg.linear_probe and cfg.cache_features:
+    cached = features(model, model.params, data, mesh, batch_size=cfg.batch_size, pad_id=pad_id,
+                      desc=f"{desc}: caching features")
+    return train_head(model, cached, data.labels, mesh, cfg, targets=targets, checkpoint_dir=checkpoint_dir,
+                      log=log, desc=desc)
+
+  def epoch_batches(epoch: int):
+    return batches(data, cfg.batch_size, targets=targets, shuffle=True, seed=cfg.seed, epoch=epoch,
+                   bucket=cfg.bucket, pad_id=pad_id, length_multiple=cfg.length_multiple,
+                   process_index=jax.process_index(), process_count=jax.process_count())
+
+  return _run(model, epoch_batches, len(data), mesh, cfg, on_features=False, checkpoint_dir=checkpoint_dir,
+              log=log, desc=desc)
+
+
+def train_head(model: LoadedModel, cached_features: np.ndarray, labels: np.ndarray, mesh: Mesh,
+               cfg: TrainConfig, *, targets: np.ndarray | None = None, checkpoint_dir: Path | None = None,
+               log: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train head") -> Any:
+  """Train only the head on cached pooled features [N, D] (the fast linear probe).
+
+  `model.params` needs only the head: the backbone is never run here.
+  """
+  cfg = dataclasses.replace(cfg, linear_probe=True, microbatches=1)
+  if targets is None:
+    targets = np.eye(model.module.num_labels, dtype=np.float32)[labels]
+
+  def epoch_batches(epoch: int):
+    return _feature_batches(cached_features, labels, targets, cfg.batch_size, seed=cfg.seed, epoch=epoch)
+
+  return _run(model, epoch_batches, len(labels), mesh, cfg, on_features=True, checkpoint_dir=checkpoint_dir,
+              log=log, desc=desc)
+
+
+def _run(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, np.ndarray]]], n_examples: int,
+         mesh: Mesh, cfg: TrainConfig, *, on_features: bool, checkpoint_dir: Path | None,
+         log: Callable[[int, dict[str, float]], None] | None, desc: str) -> Any:
+  """The loop itself: optimizer, sharded state, resume, steps, metrics, checkpoints."""
+  n_steps = total_steps(n_examples, cfg)
+  tx = optim.make_optimizer(name=cfg.optimizer, lr=cfg.lr, total_steps=n_steps, schedule=cfg.schedule,
+                            warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                            clip_norm=cfg.clip_norm)
+  loss_fn = losses.get_loss(cfg.loss, **dict(cfg.loss_kwargs))
+  state, state_shardings, trainable = state_lib.create(model.params, tx, mesh, linear_probe=cfg.linear_probe)
+  step_fn = steps.jit_train_step(
+      steps.make_train_step(model.module, tx, loss_fn, total_steps=n_steps, trainable=trainable,
+                            microbatches=cfg.microbatches, mesh=mesh, on_features=on_features),
+      state_shardings, mesh)
+
+  manager = _checkpoint_manager(checkpoint_dir, cfg)
+  start = 0
+  if manager is not None and manager.latest_step() is not None:
+    start = manager.latest_step()
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                            state_shardings)
+    state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    state = state_lib.TrainState(*state) if not isinstance(state, state_lib.TrainState) else state
+
+  def all_batches():
+    step, epoch = 0, 0
+    while True:
+      for batch in epoch_batches(epoch):
+        if step >= n_steps:
+          return
+        if step >= start:  # resuming: skip what the checkpoint already saw, in the same order
+          batch.pop("index", None)
+          yield batch
+        step += 1
+      epoch += 1
+
+  pending: list[dict[str, jax.Array]] = []
+  step = start
+  bar = tqdm(total=n_steps, initial=start, desc=desc, disable=None, leave=False)
+  for batch in _prefetch(all_batches(), mesh):
+    state, metrics = step_fn(state, batch)
+    step += 1
+    pending.append(metrics)
+    bar.update(1)
+    if step % cfg.log_every == 0 or step == n_steps:
+      _flush(pending, step, log, desc)
+      pending = []
+    if manager is not None and (step == n_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+      manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  bar.close()
+  if manager is not None:
+    manager.wait_until_finished()
+    manager.close()
+  return state.params
+
+
+def _flush(pending: list[dict[str, jax.Array]], step: int, log, desc: str) -> None:
+  """Fetch queued step metrics (the only host sync of the loop); stop on a NaN loss."""
+  fetched = jax.device_get(pending)
+  first_step = step - len(fetched) + 1
+  for i, m in enumerate(fetched):
+    if not np.isfinite(m["loss"]):
+      raise UserError(f"{desc}: the loss became {m['loss']} at step {first_step + i}; lower the learning "
+                      "rate or use dtype=float32 (checkpoints saved before this step are kept)")
+  if log is not None:
+    mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    log(step, mean)
+
+
+def _inference(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int,
+               pad_id: int, features_only: bool, desc: str) -> np.ndarray:
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  eval_step = steps.make_eval_step(model.module, mesh, param_shardings, features_only=features_only)
+  out: np.ndarray | None = None
+  stream = batches(data, batch_size, shuffle=False, seed=0, bucket=True, pad_id=pad_id,
+                   process_index=jax.process_index(), process_count=jax.process_count())
+  n_batches = math.ceil(len(data.labels) / batch_size)
+  results = []
+  for batch in tqdm(stream, total=n_batches, desc=desc, disable=None, leave=False):
+    batch = {k: batch[k] for k in ("input_ids", "attention_mask", "index")}
+    results.append(eval_step(params, sharding.global_batch(batch, mesh)))
+  for values, index in jax.device_get(results):  # fetched once every batch is dispatched
+    if out is None:
+      out = np.zeros((len(data.labels), values.shape[-1]), np.float32)
+    real = index >= 0
+    out[index[real]] = values[real]
+  return out
+
+
+def predict(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int = 32,
+            pad_id: int = 0, desc: str = "predict") -> np.ndarray:
+  """Class probabilities [N, C] float32, in the order of `data`."""
+  return _inference(model, params, data, mesh, batch_size=batch_size, pad_id=pad_id, features_only=False,
+                    desc=desc)
+
+
+def features(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int = 32,
+             pad_id: int = 0, desc: str = "features") -> np.ndarray:
+  """Pooled features [N, D] float32, in the order of `data`."""
+  return _inference(model, params, data, mesh, batch_size=batch_size, pad_id=pad_id, features_only=True,
+                    desc=desc)
+
+
+def predict_from_features(model: LoadedModel, params: Any, cached: np.ndarray) -> np.ndarray:
+  """Class probabilities from cached features (the head alone: cheap, on one host)."""
+  logits = model.module.apply({"params": params}, cached, method="classify")
+  return np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
