@@ -1,0 +1,71 @@
+"""Run a weak-to-strong experiment.
+
+    python launch/main.py --config=configs/demo.py --workdir=workdirs/demo
+    python launch/main.py --config=configs/nlp.py --workdir=runs/sciq --config.seeds="(0,1,2)"
+
+Finished stages in WORKDIR are loaded, not recomputed (`--force` redoes them); an
+interrupted stage resumes from its last checkpoint. On several hosts, start the same
+command on each with `--distributed` (jax.distributed.initialize reads the cluster
+from the environment: TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS & co.).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run from a checkout
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where stages, checkpoints and results go.")
+_FORCE = flags.DEFINE_bool("force", False, "Recompute finished stages instead of loading them.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+
+
+def main(argv):
+  del argv
+  from w2s_jax.errors import UserError
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    print("error: give --config=configs/<experiment>.py and --workdir=DIR", file=sys.stderr)
+    return 2
+  os.environ.setdefault("WANDB_SILENT", "true")
+  try:
+    import jax
+    if _DISTRIBUTED.value:
+      jax.distributed.initialize()
+    from w2s_jax import pipeline
+    results = pipeline.run(_CONFIG.value, _WORKDIR.value, force=_FORCE.value)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("interrupted: finished stages and checkpoints are kept; rerun the same command to resume",
+          file=sys.stderr)
+    return 130
+  if jax.process_index() == 0:
+    print((Path(_WORKDIR.value) / "results.md").read_text())
+    print(f"results: {Path(_WORKDIR.value) / 'results.json'}")
+  return 0
+
+
+def parse_flags(argv):
+  """absl's parsing, with every bad flag or --config.* override reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # config_flags raises AttributeError/KeyError/ValueError for bad overrides
+    message = str(e).strip().strip("\"'") or type(e).__name__
+    print(f"error: bad command line ({type(e).__name__}: {message}); see configs/*.py for the fields "
+          "and `--config.field=value` for overrides", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  logging.set_verbosity(logging.WARNING)
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,125 @@
+"""The whole weak-to-strong pipeline end to end, on tiny real checkpoints and a small jsonl task."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import tiny_models
+from w2s_jax import pipeline
+from w2s_jax.errors import UserError
+from w2s_jax.config_base import base, finalize, model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  root = tmp_path_factory.mktemp("assets")
+  return {"weak": tiny_models.save_gpt2(root / "weak", n_embd=8, n_layer=1),
+          "strong": tiny_models.save_gpt2(root / "strong", n_embd=32, n_layer=2, seed=1),
+          "task": tiny_models.sentiment_jsonl(root / "task.jsonl", 400)}
+
+
+def tiny_config(assets, **overrides):
+  c = base()
+  c.task = f"jsonl:{assets['task']}"
+  c.n_train, c.n_test, c.max_length = None, None, 32
+  # The weak model is small and trained with a small learning rate, so that it stays weak.
+  c.models.update(dict(weak=model(str(assets["weak"]), 3e-4), strong=model(str(assets["strong"]), 3e-3)))
+  c.model_order = ("weak", "strong")
+  c.losses = ("xent", "logconf")
+  c.seeds = (0,)
+  c.train.batch_size, c.train.epochs, c.train.log_every = 16, 3.0, 4
+  c.head_init = "normal"
+  c.wandb.mode = "disabled"
+  for key, value in overrides.items():
+    node = c
+    *parents, last = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  return finalize(c)
+
+
+RUN_FIELDS = {"weak", "strong", "loss", "seed", "weak_acc", "strong_acc", "w2s_acc", "pgr", "weak_auroc",
+              "strong_auroc", "w2s_auroc", "pgr_auroc", "agreement"}
+
+
+def check_outputs(workdir: Path, n_runs: int):
+  results = json.loads((workdir / "results.json").read_text())
+  assert len(results["runs"]) == n_runs
+  for run in results["runs"]:
+    assert RUN_FIELDS <= set(run)
+    assert 0.0 <= run["w2s_acc"] <= 1.0
+  assert results["summary"] and "median" in results["summary"][0]["pgr"]
+  assert results["wall_s"] > 0
+  for name in ("results.md", "accuracy.png", "pgr.png", "metrics.jsonl", "config.json"):
+    assert (workdir / name).exists(), name
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("loss" in l for l in lines)
+  return results
+
+
+def test_pipeline_end_to_end_on_8_devices_and_stage_cache(assets, tmp_path):
+  config = tiny_config(assets, **{"mesh.data": 4, "mesh.fsdp": 2})
+  results = pipeline.run(config, tmp_path)
+  check_outputs(tmp_path, n_runs=2)
+  assert results["trained_stages"] == 4  # 2 ground-truth + 2 weak-to-strong
+  # The strong model learns this task from ground truth (a sanity check that training works).
+  assert results["runs"][0]["strong_acc"] >= 0.9
+  again = pipeline.run(config, tmp_path)
+  assert again["trained_stages"] == 0  # every stage loaded from the cache
+  assert json.dumps(again["runs"]) == json.dumps(results["runs"])  # (NaN-safe comparison)
+  # Changing a hyperparameter of the student retrains only what depends on it.
+  changed = pipeline.run(tiny_config(assets, **{"mesh.data": 4, "mesh.fsdp": 2, "losses": ("xent",),
+                                                "loss_options.logconf.alpha_max": 0.75}), tmp_path)
+  assert changed["trained_stages"] == 0
+  relogconf = pipeline.run(tiny_config(assets, **{"mesh.data": 4, "mesh.fsdp": 2, "losses": ("logconf",),
+                                                  "loss_options.logconf.alpha_max": 0.75}), tmp_path)
+  assert relogconf["trained_stages"] == 1
+
+
+def test_pipeline_on_one_device_linear_probe_with_cached_features(assets, tmp_path):
+  config = tiny_config(assets, **{"mesh.data": 1, "mesh.fsdp": 1, "train.linear_probe": True,
+                                  "train.epochs": 4.0, "losses": ("xent", "logconf", "product")})
+  results = pipeline.run(config, tmp_path)
+  check_outputs(tmp_path, n_runs=3)
+  assert results["trained_stages"] == 2 + 2 + 3  # 2 feature caches, 2 ground truth, 3 students
+  assert len(list((tmp_path / "stages").glob("features-*"))) == 2
+
+
+def test_main_reports_bad_input_in_one_line(assets, tmp_path):
+  def main(*args):
+    return subprocess.run([sys.executable, str(REPO / "launch" / "main.py"), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=300, env={**__import__("os").environ,
+                                                                 "WANDB_MODE": "disabled"})
+  bad_task = main("--config=configs/nlp.py:runlocal", f"--workdir={tmp_path}", "--config.task=no_such_task")
+  assert bad_task.returncode != 0
+  assert "no_such_task" in bad_task.stderr and "Traceback" not in bad_task.stderr
+  assert len(bad_task.stderr.strip().splitlines()) == 1, bad_task.stderr
+  bad_key = main("--config=configs/nlp.py:runlocal", f"--workdir={tmp_path}", "--config.no_such_key=1")
+  assert bad_key.returncode != 0 and "no_such_key" in bad_key.stderr and "Traceback" not in bad_key.stderr
+
+
+def test_tokenizer_that_does_not_match_the_model_is_one_clear_error(assets, tmp_path):
+  import transformers
+  small_vocab = tmp_path / "small_vocab"
+  transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=8, n_positions=32, n_embd=8, n_layer=1,
+                                                       n_head=2)).save_pretrained(small_vocab)
+  tiny_models.word_tokenizer().save_pretrained(small_vocab)  # 21 tokens for a vocabulary of 8
+  config = tiny_config(assets, **{"mesh.data": 1, "mesh.fsdp": 1})
+  with config.unlocked():
+    config.models.weak.checkpoint = str(small_vocab)
+  with pytest.raises(UserError, match="tokenizer of weak has 21 tokens but the model's vocabulary has 8"):
+    pipeline.run(config, tmp_path / "work")
+
+
+def test_unknown_loss_and_bad_pairs_fail_before_any_work(assets, tmp_path):
+  with pytest.raises(UserError, match="unknown loss 'nope'"):
+    pipeline.run(tiny_config(assets, losses=("nope",)), tmp_path)
+  with pytest.raises(UserError, match="pairs entry"):
+    pipeline.run(tiny_config(assets, pairs="weak:giant"), tmp_path)
+  assert not (tmp_path / "stages").exists()

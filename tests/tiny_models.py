@@ -1,0 +1,47 @@
+"""Tiny real checkpoints for end-to-end tests: random-initialised HF models + a word-level tokenizer,
+saved with save_pretrained exactly as a user's checkpoint directory would be."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+import torch
+import transformers
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "movie", "food", "was", "very", "quite",
+         "really", "service", "plot", "and", "but", "so"]
+POSITIVE, NEGATIVE = WORDS[:3], WORDS[3:6]
+
+
+def word_tokenizer() -> transformers.PreTrainedTokenizerFast:
+  vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2} | {w: i + 3 for i, w in enumerate(WORDS)}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                              eos_token="[EOS]")
+
+
+def save_gpt2(directory: Path, *, n_embd: int, n_layer: int, seed: int = 0) -> Path:
+  torch.manual_seed(seed)
+  tok = word_tokenizer()
+  config = transformers.GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=n_embd, n_layer=n_layer,
+                                   n_head=2, bos_token_id=2, eos_token_id=2)
+  transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+  tok.save_pretrained(directory)
+  return directory
+
+
+def sentiment_jsonl(path: Path, n: int, seed: int = 0) -> Path:
+  """Label 1 iff the sentence ends with a positive word (one sentiment word, last: a model that pools
+  the last token can learn it in a few dozen steps)."""
+  rng = np.random.default_rng(seed)
+  fillers = WORDS[6:]
+  with open(path, "w") as f:
+    for i in range(n):
+      label = int(rng.integers(2))
+      words = list(rng.choice(fillers, size=int(rng.integers(2, 9))))
+      words.append(str(rng.choice(POSITIVE if label else NEGATIVE)))
+      split = "test" if i < n // 4 else "train"
+      f.write(json.dumps({"text": " ".join(words), "label": label, "split": split}) + "\n")
+  return path

@@ -1,0 +1,58 @@
+"""Every field an experiment config has, with the paper code's defaults.
+
+Config files in `configs/` start from `base()` and change what their experiment
+changes; `launch/main.py --config=configs/X.py --config.field=value` overrides any
+field. The returned ConfigDict is locked: a misspelt field is an error, not a no-op.
+"""
+
+import ml_collections
+
+
+def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
+  """One model of the sweep: a HF checkpoint (directory or hub id) and its learning rate.
+
+  Optional: microbatches (gradient accumulation), pooling ('last' | 'first' | 'mean';
+  default by architecture), dtype ('float32' | 'bfloat16'), remat (per-block checkpointing).
+  """
+  return ml_collections.ConfigDict(dict(checkpoint=checkpoint, lr=lr, **kw))
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "sciq"           # a registered task, or jsonl:PATH / csv:PATH
+  c.n_train = 20_000        # examples of the train split (halved into A and B)
+  c.n_test = 10_000
+  c.balance = False         # balance classes when subsampling
+  c.max_length = 1024       # longer texts are truncated (not dropped)
+  c.data_seed = ml_collections.FieldReference(None, field_type=int)  # None: the run's seed picks the subsample
+
+  c.models = ml_collections.ConfigDict()  # name -> model(...)
+  c.model_order = ()        # the models' names, weakest first (ConfigDict keys have no order)
+  c.pairs = "all"           # 'all' | 'all+self' | 'weak:strong,weak:strong'
+  c.losses = ("xent", "logconf")
+  c.loss_options = ml_collections.ConfigDict(dict(
+      logconf=dict(alpha_max=0.5, warmup_frac=0.1, schedule="linear"),  # 'oai_jump' reproduces OAI's code
+      product=dict(alpha=1.0, beta=1.0),
+  ))
+  c.hard_labels = False     # train students on argmax weak labels instead of soft ones
+  c.seeds = (0,)
+  c.head_init = "zeros"     # the paper's zero-initialised head; 'normal' is EleutherAI's
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32, epochs=2.0, optimizer="adam", schedule="cosine", warmup_steps=0, weight_decay=0.0,
+      clip_norm=ml_collections.FieldReference(None, field_type=float),
+      linear_probe=False,     # train only the head
+      cache_features=True,    # with linear_probe: pooled features computed once per model
+      bucket=True, log_every=10, checkpoint_every=200,
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1 fills with the remaining devices
+  c.wandb = ml_collections.ConfigDict(dict(
+      mode="offline", project="w2s_jax",
+      entity=ml_collections.FieldReference(None, field_type=str),
+      group=ml_collections.FieldReference(None, field_type=str)))
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c.lock()
+  return c
