@@ -1,0 +1,101 @@
+"""One process of the multi-host test: 4 CPU devices, joined to the others with jax.distributed.
+
+Run by tests/test_multihost.py as
+  python tests/multihost_worker.py --process_id=I --num_processes=N --port=P \
+      --model_dir=D --task=T --out=OUT.json
+Every process trains the same tiny model on its own rows of each global batch (gloo
+all-reduces the gradients between processes), predicts the test split, and writes its
+loss curve and predictions to OUT.json with `.processI` inserted before the suffix.
+
+`fine_tune_and_predict` is the experiment itself; the test runs it in one process too, so
+the two runs differ only in how many processes share the mesh.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_DEVICES = 4
+MESH = dict(data=2, fsdp=4)
+BATCH_SIZE = 16
+MAX_LENGTH = 32
+# The tiny model's tensors are all smaller than the default threshold; lower it so FSDP
+# really shards the embeddings and MLP kernels over the fsdp axis.
+MIN_SHARDED_SIZE = 256
+
+
+def train_config(**overrides):
+  from w2s_jax.train import loop
+  # length_multiple 16 > the longest example: one sequence length, so one compile per step.
+  return loop.TrainConfig(**(dict(batch_size=BATCH_SIZE, epochs=1.0, lr=1e-3, log_every=1, seed=0,
+                                 length_multiple=16) | overrides))
+
+
+def fine_tune_and_predict(model_dir: str, task_path: str) -> dict[str, list]:
+  """Fine-tune the checkpoint on the task's train split and predict its test split, twice:
+  the whole model, then a linear probe on cached features (the other path of `loop.train`).
+
+  Returns {"<run>/steps": [...], "<run>/loss": [...], "<run>/probs": [[p0, p1], ...]} for
+  run in (finetune, probe), as plain lists, plus "sharded_params" (how many parameter
+  tensors FSDP split). Every process returns the whole result: metrics and predictions
+  are replicated.
+  """
+  import jax
+  import numpy as np
+  from w2s_jax import sharding
+  from w2s_jax.data import batching, tasks
+  from w2s_jax.models import checkpoints
+  from w2s_jax.train import loop
+
+  mesh = sharding.make_mesh(**MESH)
+  task = tasks.load_task(f"jsonl:{task_path}")
+  tokenizer = checkpoints.load_tokenizer(model_dir)
+  train = batching.tokenize(task.train, tokenizer, MAX_LENGTH)
+  test = batching.tokenize(task.test, tokenizer, MAX_LENGTH)
+  result: dict[str, list] = {}
+  for run, overrides in (("finetune", {}), ("probe", dict(linear_probe=True, lr=1e-2))):
+    model = checkpoints.load_pretrained(model_dir, mesh, head_init="normal")
+    curve: list[tuple[int, float]] = []
+    params = loop.train(model, train, mesh, train_config(**overrides),
+                        log=lambda step, metrics: curve.append((step, metrics["loss"])))
+    probs = loop.predict(model, params, test, mesh, batch_size=BATCH_SIZE)
+    result |= {f"{run}/steps": [s for s, _ in curve], f"{run}/loss": [l for _, l in curve],
+               f"{run}/probs": np.asarray(probs, np.float64).tolist()}
+  result["sharded_params"] = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(params))
+  return result
+
+
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--process_id", type=int, required=True)
+  parser.add_argument("--num_processes", type=int, required=True)
+  parser.add_argument("--port", type=int, required=True)
+  parser.add_argument("--model_dir", required=True)
+  parser.add_argument("--task", required=True)
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args(argv)
+
+  sys.path.insert(0, str(REPO))  # run as a script: make `w2s_jax` importable from the checkout
+  import jax
+  from w2s_jax import sharding
+  sharding.MIN_SHARDED_SIZE = MIN_SHARDED_SIZE
+  jax.config.update("jax_num_cpu_devices", LOCAL_DEVICES)
+  # Cross-process collectives on CPU need an implementation; gloo runs over loopback TCP.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
+                             num_processes=args.num_processes, process_id=args.process_id,
+                             coordinator_bind_address=f"127.0.0.1:{args.port}", initialization_timeout=120)
+  assert jax.process_count() == args.num_processes and jax.local_device_count() == LOCAL_DEVICES
+
+  result = fine_tune_and_predict(args.model_dir, args.task)
+  result |= {"process_index": jax.process_index(), "process_count": jax.process_count(),
+             "device_count": jax.device_count()}
+  out = Path(args.out)
+  out.with_suffix(f".process{args.process_id}{out.suffix}").write_text(json.dumps(result))
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,98 @@
+"""A real multi-host run: 2 processes x 4 CPU devices joined by jax.distributed, gloo collectives.
+
+Each worker (tests/multihost_worker.py) feeds only its own rows of every global batch;
+the training curve and the predictions must equal those of one process that holds all
+8 devices on the same (data=2, fsdp=4) mesh. The `data` axis spans the two processes, so
+gradients are all-reduced over loopback TCP, and the global batch is assembled from the
+processes' parts with `jax.make_array_from_process_local_data`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import multihost_worker, tiny_models
+from w2s_jax import sharding
+
+WORKER = Path(multihost_worker.__file__)
+NUM_PROCESSES = 2
+TIMEOUT_S = 300
+N_EXAMPLES = 96
+N_TEST = N_EXAMPLES // 4  # sentiment_jsonl puts the first quarter in the test split
+N_STEPS = -(-(N_EXAMPLES - N_TEST) // multihost_worker.BATCH_SIZE)  # one epoch
+
+
+def free_loopback_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_workers(tmp_path: Path, model_dir: Path, task: Path) -> list[tuple[subprocess.Popen, Path]]:
+  port = free_loopback_port()
+  # The workers choose their own device count and must not inherit a forced one.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env |= {"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+  workers = []
+  for i in range(NUM_PROCESSES):
+    log = tmp_path / f"worker{i}.log"
+    with open(log, "w") as f:  # a file, not a pipe: a full pipe would block the worker
+      proc = subprocess.Popen(
+          [sys.executable, str(WORKER), f"--process_id={i}", f"--num_processes={NUM_PROCESSES}",
+           f"--port={port}", f"--model_dir={model_dir}", f"--task={task}", f"--out={tmp_path / 'out.json'}"],
+          stdout=f, stderr=subprocess.STDOUT, env=env)
+    workers.append((proc, log))
+  return workers
+
+
+def wait_for(workers: list[tuple[subprocess.Popen, Path]], deadline: float) -> None:
+  """Wait for every worker; on a failure or past the deadline kill them all and fail with their logs."""
+  failed = None
+  for proc, _ in workers:
+    try:
+      if proc.wait(timeout=max(deadline - time.monotonic(), 1)) != 0:
+        failed = f"a worker exited with {proc.returncode}"
+        break
+    except subprocess.TimeoutExpired:
+      failed = f"the workers did not finish within {TIMEOUT_S} s"
+      break
+  if failed:
+    for proc, _ in workers:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    logs = "\n".join(f"--- worker {i} (last lines) ---\n" + "\n".join(log.read_text().splitlines()[-40:])
+                     for i, (_, log) in enumerate(workers))
+    pytest.fail(f"{failed}\n{logs}")
+
+
+def test_two_processes_train_and_predict_like_one_process_with_all_devices(tmp_path, monkeypatch):
+  model_dir = tiny_models.save_gpt2(tmp_path / "gpt2", n_embd=16, n_layer=1)
+  task = tiny_models.sentiment_jsonl(tmp_path / "task.jsonl", N_EXAMPLES)
+  workers = start_workers(tmp_path, model_dir, task)
+  deadline = time.monotonic() + TIMEOUT_S
+  try:
+    # The one-process reference runs while the workers start up and compile.
+    monkeypatch.setattr(sharding, "MIN_SHARDED_SIZE", multihost_worker.MIN_SHARDED_SIZE)
+    single = multihost_worker.fine_tune_and_predict(str(model_dir), str(task))
+  finally:
+    wait_for(workers, deadline)
+
+  for i in range(NUM_PROCESSES):
+    multi = json.loads((tmp_path / f"out.process{i}.json").read_text())
+    assert (multi["process_index"], multi["process_count"], multi["device_count"]) == (i, 2, 8)
+    assert multi["sharded_params"] == single["sharded_params"] > 0  # FSDP did split parameters
+    for run in ("finetune", "probe"):
+      assert multi[f"{run}/steps"] == single[f"{run}/steps"] == list(range(1, N_STEPS + 1))
+      np.testing.assert_allclose(multi[f"{run}/loss"], single[f"{run}/loss"], atol=1e-5, err_msg=run)
+      np.testing.assert_allclose(multi[f"{run}/probs"], single[f"{run}/probs"], atol=1e-5, err_msg=run)
+    # Training moved the model: the comparison is not between two untouched checkpoints.
+    assert single["finetune/loss"][-1] < single["finetune/loss"][0]
+    assert len(multi["finetune/probs"]) == N_TEST  # the whole test split, on every process
