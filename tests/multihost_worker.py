@@ -5,10 +5,12 @@ Run by tests/test_multihost.py as
       --model_dir=D --task=T --out=OUT.json
 Every process trains the same tiny model on its own rows of each global batch (gloo
 all-reduces the gradients between processes), predicts the test split, and writes its
-loss curve and predictions to OUT.json with `.processI` inserted before the suffix.
+loss curves and predictions to OUT.json with `.processI` inserted before the suffix.
+With --pipeline_workdir=W --strong_dir=S instead of --out, the processes run a whole W2S
+sweep (`pipeline.run`) into W (process 0 writes results.json).
 
-`fine_tune_and_predict` is the experiment itself; the test runs it in one process too, so
-the two runs differ only in how many processes share the mesh.
+`fine_tune_and_predict` and `pipeline_config` are the experiments themselves; the test runs
+them in one process too, so the two runs differ only in how many processes share the mesh.
 """
 
 import argparse
@@ -39,7 +41,7 @@ def fine_tune_and_predict(model_dir: str, task_path: str) -> dict[str, list]:
 
   Returns {"<run>/steps": [...], "<run>/loss": [...], "<run>/probs": [[p0, p1], ...]} for
   run in (finetune, probe), as plain lists, plus "sharded_params" (how many parameter
-  tensors FSDP split). Every process returns the whole result: metrics and predictions
+  tensors FSDP split) and "mesh_processes" (the process of each mesh device). Every process returns the whole result: metrics and predictions
   are replicated.
   """
   import jax
@@ -64,7 +66,25 @@ def fine_tune_and_predict(model_dir: str, task_path: str) -> dict[str, list]:
     result |= {f"{run}/steps": [s for s, _ in curve], f"{run}/loss": [l for _, l in curve],
                f"{run}/probs": np.asarray(probs, np.float64).tolist()}
   result["sharded_params"] = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(params))
+  result["mesh_processes"] = [[d.process_index for d in row] for row in mesh.devices]
   return result
+
+
+def pipeline_config(weak_dir: str, strong_dir: str, task_path: str):
+  """A one-pair, one-loss W2S sweep on the mesh above, small enough for a multi-host test."""
+  from w2s_jax.config_base import base, finalize, model
+  c = base()
+  c.task = f"jsonl:{task_path}"
+  c.n_train, c.n_test, c.max_length = None, None, MAX_LENGTH
+  c.models.update(dict(weak=model(weak_dir, 3e-4), strong=model(strong_dir, 3e-3)))
+  c.model_order = ("weak", "strong")
+  c.losses = ("xent",)
+  c.train.batch_size, c.train.epochs, c.train.log_every = BATCH_SIZE, 1.0, 1
+  c.train.checkpoint_every = 2  # orbax saves from both processes mid-stage, too
+  c.head_init = "normal"
+  c.wandb.mode = "disabled"
+  c.mesh.data, c.mesh.fsdp = MESH["data"], MESH["fsdp"]
+  return finalize(c)
 
 
 def main(argv: list[str]) -> None:
@@ -74,7 +94,9 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--port", type=int, required=True)
   parser.add_argument("--model_dir", required=True)
   parser.add_argument("--task", required=True)
-  parser.add_argument("--out", required=True)
+  parser.add_argument("--out", help="fine-tune mode: where the results go (JSON)")
+  parser.add_argument("--pipeline_workdir", help="pipeline mode: run a W2S sweep into this workdir")
+  parser.add_argument("--strong_dir", help="pipeline mode: the strong model (--model_dir is the weak one)")
   args = parser.parse_args(argv)
 
   sys.path.insert(0, str(REPO))  # run as a script: make `w2s_jax` importable from the checkout
@@ -89,11 +111,15 @@ def main(argv: list[str]) -> None:
                              coordinator_bind_address=f"127.0.0.1:{args.port}", initialization_timeout=120)
   assert jax.process_count() == args.num_processes and jax.local_device_count() == LOCAL_DEVICES
 
-  result = fine_tune_and_predict(args.model_dir, args.task)
-  result |= {"process_index": jax.process_index(), "process_count": jax.process_count(),
-             "device_count": jax.device_count()}
-  out = Path(args.out)
-  out.with_suffix(f".process{args.process_id}{out.suffix}").write_text(json.dumps(result))
+  if args.pipeline_workdir:
+    from w2s_jax import pipeline
+    pipeline.run(pipeline_config(args.model_dir, args.strong_dir, args.task), args.pipeline_workdir)
+  else:
+    result = fine_tune_and_predict(args.model_dir, args.task)
+    result |= {"process_index": jax.process_index(), "process_count": jax.process_count(),
+               "device_count": jax.device_count()}
+    out = Path(args.out)
+    out.with_suffix(f".process{args.process_id}{out.suffix}").write_text(json.dumps(result))
   jax.distributed.shutdown()
 
 

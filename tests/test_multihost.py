@@ -24,6 +24,7 @@ from w2s_jax import sharding
 WORKER = Path(multihost_worker.__file__)
 NUM_PROCESSES = 2
 TIMEOUT_S = 300
+PIPELINE_TIMEOUT_S = 600  # 3 fine-tunes and 5 prediction passes, each compiled once per process
 N_EXAMPLES = 96
 N_TEST = N_EXAMPLES // 4  # sentiment_jsonl puts the first quarter in the test split
 N_STEPS = -(-(N_EXAMPLES - N_TEST) // multihost_worker.BATCH_SIZE)  # one epoch
@@ -35,7 +36,8 @@ def free_loopback_port() -> int:
     return s.getsockname()[1]
 
 
-def start_workers(tmp_path: Path, model_dir: Path, task: Path) -> list[tuple[subprocess.Popen, Path]]:
+def start_workers(tmp_path: Path, args: list[str]) -> list[tuple[subprocess.Popen, Path]]:
+  """NUM_PROCESSES workers joined on a free loopback port, each logging to tmp_path/worker<i>.log."""
   port = free_loopback_port()
   # The workers choose their own device count and must not inherit a forced one.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -46,13 +48,13 @@ def start_workers(tmp_path: Path, model_dir: Path, task: Path) -> list[tuple[sub
     with open(log, "w") as f:  # a file, not a pipe: a full pipe would block the worker
       proc = subprocess.Popen(
           [sys.executable, str(WORKER), f"--process_id={i}", f"--num_processes={NUM_PROCESSES}",
-           f"--port={port}", f"--model_dir={model_dir}", f"--task={task}", f"--out={tmp_path / 'out.json'}"],
+           f"--port={port}", *args],
           stdout=f, stderr=subprocess.STDOUT, env=env)
     workers.append((proc, log))
   return workers
 
 
-def wait_for(workers: list[tuple[subprocess.Popen, Path]], deadline: float) -> None:
+def wait_for(workers: list[tuple[subprocess.Popen, Path]], deadline: float, timeout_s: int) -> None:
   """Wait for every worker; on a failure or past the deadline kill them all and fail with their logs."""
   failed = None
   for proc, _ in workers:
@@ -61,7 +63,7 @@ def wait_for(workers: list[tuple[subprocess.Popen, Path]], deadline: float) -> N
         failed = f"a worker exited with {proc.returncode}"
         break
     except subprocess.TimeoutExpired:
-      failed = f"the workers did not finish within {TIMEOUT_S} s"
+      failed = f"the workers did not finish within {timeout_s} s"
       break
   if failed:
     for proc, _ in workers:
@@ -76,18 +78,21 @@ def wait_for(workers: list[tuple[subprocess.Popen, Path]], deadline: float) -> N
 def test_two_processes_train_and_predict_like_one_process_with_all_devices(tmp_path, monkeypatch):
   model_dir = tiny_models.save_gpt2(tmp_path / "gpt2", n_embd=16, n_layer=1)
   task = tiny_models.sentiment_jsonl(tmp_path / "task.jsonl", N_EXAMPLES)
-  workers = start_workers(tmp_path, model_dir, task)
+  workers = start_workers(tmp_path, [f"--model_dir={model_dir}", f"--task={task}",
+                                     f"--out={tmp_path / 'out.json'}"])
   deadline = time.monotonic() + TIMEOUT_S
   try:
     # The one-process reference runs while the workers start up and compile.
     monkeypatch.setattr(sharding, "MIN_SHARDED_SIZE", multihost_worker.MIN_SHARDED_SIZE)
     single = multihost_worker.fine_tune_and_predict(str(model_dir), str(task))
   finally:
-    wait_for(workers, deadline)
+    wait_for(workers, deadline, TIMEOUT_S)
 
   for i in range(NUM_PROCESSES):
     multi = json.loads((tmp_path / f"out.process{i}.json").read_text())
     assert (multi["process_index"], multi["process_count"], multi["device_count"]) == (i, 2, 8)
+    # Each process holds one row of the mesh: the `data` axis (gradient all-reduce) crosses processes.
+    assert multi["mesh_processes"] == [[0] * 4, [1] * 4]
     assert multi["sharded_params"] == single["sharded_params"] > 0  # FSDP did split parameters
     for run in ("finetune", "probe"):
       assert multi[f"{run}/steps"] == single[f"{run}/steps"] == list(range(1, N_STEPS + 1))
@@ -96,3 +101,40 @@ def test_two_processes_train_and_predict_like_one_process_with_all_devices(tmp_p
     # Training moved the model: the comparison is not between two untouched checkpoints.
     assert single["finetune/loss"][-1] < single["finetune/loss"][0]
     assert len(multi["finetune/probs"]) == N_TEST  # the whole test split, on every process
+
+
+@pytest.mark.slow
+def test_two_process_pipeline_gives_the_one_process_results(tmp_path, monkeypatch):
+  """The whole W2S sweep (orbax stage checkpoints, stage cache, reports) on 2 processes."""
+  from w2s_jax import pipeline
+  weak = tiny_models.save_gpt2(tmp_path / "weak", n_embd=16, n_layer=1)
+  strong = tiny_models.save_gpt2(tmp_path / "strong", n_embd=32, n_layer=2, seed=1)
+  task = tiny_models.sentiment_jsonl(tmp_path / "task.jsonl", N_EXAMPLES)
+  multi_dir, single_dir = tmp_path / "two_processes", tmp_path / "one_process"
+  workers = start_workers(tmp_path, [f"--model_dir={weak}", f"--strong_dir={strong}", f"--task={task}",
+                                     f"--pipeline_workdir={multi_dir}"])
+  deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+  try:
+    monkeypatch.setattr(sharding, "MIN_SHARDED_SIZE", multihost_worker.MIN_SHARDED_SIZE)
+    single = pipeline.run(multihost_worker.pipeline_config(str(weak), str(strong), str(task)), single_dir)
+  finally:
+    wait_for(workers, deadline, PIPELINE_TIMEOUT_S)
+
+  multi = json.loads((multi_dir / "results.json").read_text())
+  assert multi["trained_stages"] == single["trained_stages"] == 3  # 2 ground truth + 1 student
+  assert len(multi["runs"]) == len(single["runs"]) == 1
+  for key, value in single["runs"][0].items():
+    if isinstance(value, float):
+      np.testing.assert_allclose(multi["runs"][0][key], value, atol=1e-5, err_msg=key)
+    else:
+      assert multi["runs"][0][key] == value, key
+  # Stage directories are named by the hash of their spec: the same stages, the same outputs.
+  stages = sorted(p.name for p in (single_dir / "stages").iterdir())
+  assert sorted(p.name for p in (multi_dir / "stages").iterdir()) == stages and len(stages) == 3
+  for name in stages:
+    with np.load(single_dir / "stages" / name / "arrays.npz") as a, \
+         np.load(multi_dir / "stages" / name / "arrays.npz") as b:
+      assert sorted(a) == sorted(b)
+      for key in a:
+        np.testing.assert_allclose(b[key], a[key], atol=1e-5, err_msg=f"{name}/{key}")
+    assert not (multi_dir / "stages" / name / "checkpoints").exists()  # cleared once the stage finished
