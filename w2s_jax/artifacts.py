@@ -50,7 +50,8 @@ class Stage:
     arrays = dict(np.load(arrays_file)) if arrays_file.exists() else {}
     return result, arrays
 
-  def save(self, result: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+  def save(self, result: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, *,
+           keep_checkpoints: bool = False) -> None:
     """Write the stage's outputs (process 0 only); result.json last, so a crash leaves it unfinished."""
     if jax.process_index() != 0:
       return
@@ -63,8 +64,10 @@ class Stage:
     tmp = self.directory / "result.tmp.json"
     tmp.write_text(json.dumps(result, indent=1, sort_keys=True, default=float))
     os.replace(tmp, self.directory / "result.json")
-    # The training checkpoints served resumption; the finished stage no longer needs them.
-    shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+    if not keep_checkpoints:
+      # The checkpoints served resumption; a finished stage no longer needs them (a 7B
+      # student's train state is ~90 GB), unless the user keeps them to reuse the model.
+      shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
   def clear(self) -> None:
     if jax.process_index() == 0:

