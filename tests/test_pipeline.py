@@ -123,3 +123,21 @@ def test_unknown_loss_and_bad_pairs_fail_before_any_work(assets, tmp_path):
   with pytest.raises(UserError, match="pairs entry"):
     pipeline.run(tiny_config(assets, pairs="weak:giant"), tmp_path)
   assert not (tmp_path / "stages").exists()
+
+
+def test_bootstrapping_chain_reuses_stages_and_reports_against_direct(assets, tmp_path):
+  mid = tiny_models.save_gpt2(tmp_path / "mid", n_embd=16, n_layer=1, seed=2)
+  config = tiny_config(assets, **{"mesh.data": 1, "mesh.fsdp": 1, "train.linear_probe": True,
+                                  "losses": ("xent",), "pairs": "weak:strong"})
+  with config.unlocked():
+    config.models.mid = model(str(mid), 1e-2)
+    config.model_order = ("weak", "mid", "strong")
+    config.chains = ("weak>mid>strong",)
+  results = pipeline.run(config, tmp_path / "work")
+  # 3 feature caches, 3 ground truths, and 3 students: weak->strong (shared with the chain's
+  # direct comparison), weak->mid, and mid->strong trained on mid's labels.
+  assert results["trained_stages"] == 3 + 3 + 3
+  (chain,) = results["chains"]
+  assert chain["chain"] == "weak>mid>strong" and [s["student"] for s in chain["steps"]] == ["mid", "strong"]
+  assert chain["direct_w2s_acc"] == results["runs"][0]["w2s_acc"]
+  assert "Bootstrapping chains" in (tmp_path / "work" / "results.md").read_text()

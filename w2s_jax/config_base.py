@@ -29,6 +29,7 @@ def base() -> ml_collections.ConfigDict:
   c.models = ml_collections.ConfigDict()  # name -> model(...)
   c.model_order = ()        # the models' names, weakest first (ConfigDict keys have no order)
   c.pairs = "all"           # 'all' | 'all+self' | 'weak:strong,weak:strong'
+  c.chains = ()             # bootstrapping, e.g. ('gpt2>gpt2_medium>gpt2_large',): each student labels for the next
   c.losses = ("xent", "logconf")
   c.loss_options = ml_collections.ConfigDict(dict(
       logconf=dict(alpha_max=0.5, warmup_frac=0.1, schedule="linear"),  # 'oai_jump' reproduces OAI's code

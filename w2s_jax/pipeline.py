@@ -114,6 +114,11 @@ class Experiment:
       raise UserError(f"config.model_order {tuple(self.names)} must list each model of config.models "
                       f"{sorted(self.models)} once, weakest first")
     self.pairs = resolve_pairs(config, self.names)
+    self.chains = [c.split(">") for c in config.chains]
+    for chain in self.chains:
+      if len(chain) < 3 or any(n not in self.models for n in chain):
+        raise UserError(f"chain {'>'.join(chain)!r} must name 3 or more models of config.models, "
+                        "weakest first, e.g. 'gpt2>gpt2_medium>gpt2_large'")
     for loss in config.losses:
       losses_lib.get_loss(loss, **dict(config.loss_options.get(loss, {})))  # unknown loss: fail now
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -155,7 +160,9 @@ class Experiment:
   # --- stages ---------------------------------------------------------------------------------
   def features(self, model: ModelSpec, seed: int, task: tasks.TaskData) -> dict[str, np.ndarray]:
     """Pooled features of every train and test example (the frozen backbone runs once per model)."""
-    spec = {"model": model.fingerprint(), "data": self.data_spec(seed)}
+    # Only what changes the features: not the learning rate or the gradient accumulation.
+    spec = {"model": {k: model.fingerprint()[k] for k in ("checkpoint", "pooling", "dtype")},
+            "data": self.data_spec(seed)}
     stage = self.store.stage("features", spec)
     if stage.key in self._features:
       return self._features[stage.key]
@@ -166,13 +173,13 @@ class Experiment:
     loaded = checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
                                          pooling=model.pooling)
     pad_id = self.tokenizer(model).pad_token_id
-    arrays = {}
-    for split, examples in (("train", task.train), ("test", task.test)):
-      data = self.tokenize(model, examples)
-      arrays[f"{split}_features"] = loop.features(loaded, loaded.params, data, self.mesh,
-                                                  batch_size=self.config.train.batch_size, pad_id=pad_id,
-                                                  desc=f"features {model.name} {split}")
-      arrays[f"{split}_uids"] = data.uids
+    # One pass over train and test together: one jitted function, one compile per length bucket.
+    data = self.tokenize(model, [*task.train, *task.test])
+    feats = loop.features(loaded, loaded.params, data, self.mesh, batch_size=self.config.train.batch_size,
+                          pad_id=pad_id, desc=f"features {model.name}")
+    n = len(task.train)
+    arrays = {"train_features": feats[:n], "train_uids": data.uids[:n],
+              "test_features": feats[n:], "test_uids": data.uids[n:]}
     stage.save({"model": model.name, "n_train": len(task.train), "n_test": len(task.test)}, arrays)
     self.trained_stages += 1
     self._features[stage.key] = arrays
@@ -237,7 +244,13 @@ class Experiment:
     return stage, result, {"test_probs": probs["test"], "half_b_probs": probs["half_b"]}
 
   def weak_to_strong(self, weak: str, strong: str, loss: str, seed: int, task, half_b,
-                     weak_stage: Stage, weak_arrays: dict) -> dict[str, Any]:
+                     weak_stage: Stage, weak_arrays: dict) -> tuple[Stage, dict[str, Any], dict[str, np.ndarray]]:
+    """`strong` fine-tuned on half B against the supervisor's soft labels -> test metrics.
+
+    The supervisor (`weak_stage`) is a ground-truth stage, or, in a bootstrapping chain, the
+    previous student's stage. The student also labels half B: the next model of a chain
+    trains on those labels (the paper's bootstrapping).
+    """
     model = self.models[strong]
     cfg = train_config(self.config, model, loss, seed)
     spec = {"weak_stage": weak_stage.key, "seed": seed, "model": model.fingerprint(),
@@ -246,20 +259,41 @@ class Experiment:
     stage = self.store.stage("weak_to_strong", spec)
     cached = self._load_or_clear(stage)
     if cached is not None:
-      return cached[0]
+      return stage, *cached
     targets = weak_arrays["half_b_probs"].astype(np.float32)
     if self.config.hard_labels:
       targets = np.eye(2, dtype=np.float32)[targets.argmax(-1)]
     probs = self.fit(stage, f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", model, cfg, seed, task,
-                     half_b, targets, {"test": task.test})
+                     half_b, targets, {"test": task.test, "half_b": half_b})
     weak_test = weak_arrays["test_probs"]
     result = {"weak": weak, "strong": strong, "loss": loss, "seed": seed,
               **self.test_metrics(probs["test"], task.test),
               # student-supervisor agreement on the test set (the paper's measure of imitation)
               "agreement": float((probs["test"].argmax(-1) == weak_test.argmax(-1)).mean())}
-    stage.save(result, {"test_probs": probs["test"]}, keep_checkpoints=self.config.train.keep_checkpoints)
+    arrays = {f"{k}_probs": v for k, v in probs.items()}
+    stage.save(result, arrays, keep_checkpoints=self.config.train.keep_checkpoints)
     self.trained_stages += 1
-    return result
+    return stage, result, arrays
+
+  def chain(self, names: list[str], loss: str, seed: int, task, half_a, half_b,
+            gt: dict[str, tuple]) -> dict[str, Any]:
+    """Bootstrapping M1 -> M2 -> ... -> Mk: each student labels half B for the next one.
+
+    PGR of the last model is measured against M1 (weak) and Mk's ground-truth ceiling.
+    """
+    supervisor_stage, _, supervisor_arrays = gt[names[0]]
+    steps = []
+    for weak, strong in zip(names, names[1:]):
+      supervisor_stage, result, supervisor_arrays = self.weak_to_strong(
+          weak, strong, loss, seed, task, half_b, supervisor_stage, supervisor_arrays)
+      steps.append({"student": strong, "acc": result["acc"], "auroc": result["auroc"]})
+    weak_result, strong_result = gt[names[0]][1], gt[names[-1]][1]
+    direct = self.weak_to_strong(names[0], names[-1], loss, seed, task, half_b, *gt[names[0]][::2])[1]
+    return {"chain": ">".join(names), "loss": loss, "seed": seed, "steps": steps,
+            "weak_acc": weak_result["acc"], "strong_acc": strong_result["acc"], "w2s_acc": result["acc"],
+            "direct_w2s_acc": direct["acc"],
+            "pgr": report.pgr(weak_result["acc"], result["acc"], strong_result["acc"]),
+            "direct_pgr": report.pgr(weak_result["acc"], direct["acc"], strong_result["acc"])}
 
   @staticmethod
   def test_metrics(probs: np.ndarray, examples: list[tasks.Example]) -> dict[str, float]:
@@ -275,7 +309,9 @@ class Experiment:
       self.workdir.mkdir(parents=True, exist_ok=True)
       (self.workdir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1, default=str))
     runs = []
-    needed = [n for n in self.names if any(n in pair for pair in self.pairs)]
+    needed = [n for n in self.names if any(n in pair for pair in self.pairs) or
+              any(n in chain for chain in self.chains)]
+    chains = []
     for seed in self.config.seeds:
       task, half_a, half_b = self.load_data(seed)
       gt = {name: self.ground_truth(name, seed, task, half_a, half_b) for name in needed}
@@ -283,7 +319,7 @@ class Experiment:
         weak_stage, weak_result, weak_arrays = gt[weak]
         strong_result = gt[strong][1]
         for loss in self.config.losses:
-          w2s = self.weak_to_strong(weak, strong, loss, seed, task, half_b, weak_stage, weak_arrays)
+          w2s = self.weak_to_strong(weak, strong, loss, seed, task, half_b, weak_stage, weak_arrays)[1]
           runs.append({
               "weak": weak, "strong": strong, "loss": loss, "seed": seed,
               "weak_acc": weak_result["acc"], "strong_acc": strong_result["acc"], "w2s_acc": w2s["acc"],
@@ -294,8 +330,12 @@ class Experiment:
               "agreement": w2s["agreement"], "n_test": w2s["n_test"],
           })
           self.tracker.summary(f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", runs[-1])
+      for names in self.chains:
+        for loss in self.config.losses:
+          chains.append(self.chain(names, loss, seed, task, half_a, half_b, gt))
     results = {"task": self.config.task, "model_order": self.names, "runs": runs,
-               "summary": report.summarize(runs), "wall_s": time.time() - start,
+               "summary": report.summarize(runs),
+               "chains": chains, "chain_summary": report.summarize_chains(chains), "wall_s": time.time() - start,
                "trained_stages": self.trained_stages, "workdir": str(self.workdir)}
     if jax.process_index() == 0:
       report.write(results, self.workdir)

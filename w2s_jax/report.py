@@ -47,6 +47,17 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return summary
 
 
+def summarize_chains(chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One row per (chain, loss): the chain's final accuracy and PGR vs the direct weak->strong run."""
+  groups: dict[tuple, list[dict]] = defaultdict(list)
+  for c in chains:
+    groups[(c["chain"], c["loss"])].append(c)
+  return [{"chain": chain, "loss": loss, "seeds": [c["seed"] for c in group],
+           **{f: _spread([c[f] for c in group]) for f in ("weak_acc", "strong_acc", "w2s_acc",
+                                                          "direct_w2s_acc", "pgr", "direct_pgr")}}
+          for (chain, loss), group in groups.items()]
+
+
 def _nan_to_none(x: Any) -> Any:
   if isinstance(x, float) and not np.isfinite(x):
     return None
@@ -72,6 +83,14 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']} | {cell(row['weak_acc'])} | "
                  f"{cell(row['strong_acc'])} | {cell(row['w2s_acc'])} | {cell(row['pgr'])} | "
                  f"{cell(row['pgr_auroc'])} | {cell(row['agreement'])} | {len(row['seeds'])} |")
+  if results.get("chain_summary"):
+    lines += ["", "## Bootstrapping chains", "",
+              "| chain | loss | weak acc | strong ceiling | chain w2s acc | chain PGR | direct w2s acc | direct PGR |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in results["chain_summary"]:
+      lines.append(f"| {row['chain']} | {row['loss']} | {cell(row['weak_acc'])} | {cell(row['strong_acc'])} | "
+                   f"{cell(row['w2s_acc'])} | {cell(row['pgr'])} | {cell(row['direct_w2s_acc'])} | "
+                   f"{cell(row['direct_pgr'])} |")
   lines += ["", "PGR = (w2s − weak) / (strong ceiling − weak); n/a where the gap is under "
             f"{MIN_GAP}. Per-run numbers are in results.json."]
   return "\n".join(lines) + "\n"
