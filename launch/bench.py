@@ -1,9 +1,9 @@
 """Our train step measured side by side with the PyTorch reference fine-tune.
 
-    python launch/bench.py --quick                       # tiny + GPT-2-small shapes, fp32/bf16, ~minutes on CPU
-    python launch/bench.py --case gpt2-large-bf16        # the GPU case (H100 targets)
-    python launch/bench.py --case gpt2-fp32 --mesh 1,8   # the same step on a (data, fsdp) mesh
-    python launch/bench.py --memory-plan                 # Qwen2.5-7B step compiled ahead of time on 8 fake devices
+    python launch/bench.py --quick                      # tiny + GPT-2-small shapes, fp32 and bf16
+    python launch/bench.py --case gpt2-large-bf16       # a GPU case (the H100 targets)
+    python launch/bench.py --case gpt2-fp32 --mesh 1,8  # the same step on a (data, fsdp) mesh
+    python launch/bench.py --memory-plan                # Qwen2.5-7B step compiled for 8 fake devices
 
 For every case the JAX row measures our real step (Classifier + xent + Adam through
 `make_train_step` / `jit_train_step`, the state donated): compile time, steady step time,
@@ -449,10 +449,11 @@ class PytorchRun:
   """The paper code's loop: microbatches of 1 at their own length, gradients accumulated over the
   batch, one Adam step per batch. Same examples, same order as the JAX run."""
 
-  def __init__(self, case: Case, workload: Workload):
+  def __init__(self, case: Case, workload: Workload, *, threads: int | None = None):
     import torch
     import transformers
-    torch.set_num_threads(os.cpu_count())  # as many threads as XLA's CPU client uses
+    # By default as many threads as XLA's CPU client uses.
+    torch.set_num_threads(threads or os.cpu_count())
     torch.manual_seed(SEED)
     self.torch, self.case, self.workload = torch, case, workload
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -585,6 +586,10 @@ def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int
       "lower_s": lower_s, "compile_s": compile_s, "memory_bytes_per_device": memory,
       "state_bytes_per_device": int(state_bytes),
       "fits_80GB": bool(memory.get("peak", math.inf) < 80e9),
+      # Measured at seq 256: the CPU compiler plans the same temp memory with and without
+      # remat (its scheduler keeps recomputed activations alive), so activations here are an
+      # upper bound; a GPU compile of the same step plans with a memory-aware scheduler.
+      "note": "planned by the CPU compiler: activation memory is an upper bound (remat not honoured)",
   }
 
 
@@ -593,7 +598,8 @@ def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int
 
 
 def run_case(case: Case, lengths: np.ndarray, length_source: str, *, mesh_shape: tuple[int, int] = (1, 1),
-             length_multiple: int = 16, pytorch: bool = True, rounds: int = 2) -> list[dict[str, Any]]:
+             length_multiple: int = 16, pytorch: bool = True, rounds: int = 2,
+             torch_threads: int | None = None) -> list[dict[str, Any]]:
   """The JAX row (and the PyTorch row of the same name) of one case.
 
   The two frameworks' timed rounds alternate and each keeps its best round, so a burst of
@@ -607,7 +613,7 @@ def run_case(case: Case, lengths: np.ndarray, length_source: str, *, mesh_shape:
                            steps=case.steps, length_multiple=length_multiple)
   runs = [JaxRun(case, workload, mesh, length_multiple=length_multiple)]
   if pytorch and case.pytorch:
-    runs.append(PytorchRun(case, workload))
+    runs.append(PytorchRun(case, workload, threads=torch_threads))
   loads = [os.getloadavg()[0]]
   for _ in range(rounds):
     for run in runs:
@@ -674,10 +680,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="run this case (repeatable)")
   parser.add_argument("--mesh", default="1,1", help="data,fsdp sizes of the mesh (default 1,1)")
   parser.add_argument("--memory-plan", action="store_true",
-                      help="compile the Qwen2.5-7B step for 8 fake devices (FSDP + remat) and print its memory")
+                      help="compile the Qwen2.5-7B step for 8 fake devices (FSDP + remat), print its memory")
   parser.add_argument("--plan-model", default="qwen2.5-7b")
   parser.add_argument("--plan-batch", type=int, default=32)
   parser.add_argument("--plan-seq-len", type=int, default=1024)
+  parser.add_argument("--plan-microbatches", default="1,4",
+                      help="comma list: gradient accumulation inside the step, one plan per value")
   parser.add_argument("--steps", type=int, help="timed steps per case (default: the case's)")
   parser.add_argument("--warmup", type=int, help="warm-up steps per case (default: the case's)")
   parser.add_argument("--batch-size", type=int, help="override every case's batch size")
@@ -688,6 +696,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--no-pytorch", action="store_true", help="skip the PyTorch reference rows")
   parser.add_argument("--rounds", type=int, default=2,
                       help="timed rounds per framework, alternating; each row keeps its best")
+  parser.add_argument("--torch-threads", type=int,
+                      help="PyTorch's intra-op threads (default: all cores, as XLA uses)")
   parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
   args = parser.parse_args(argv)
   if not (args.quick or args.case or args.memory_plan):
@@ -726,11 +736,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   lengths, source = (real_lengths() if args.lengths == "real" else (synthetic_lengths(), synthetic_source()))
   for case in cases:
     for row in run_case(case, lengths, source, mesh_shape=args.mesh, length_multiple=args.length_multiple,
-                        pytorch=not args.no_pytorch, rounds=args.rounds):
+                        pytorch=not args.no_pytorch, rounds=args.rounds,
+                        torch_threads=args.torch_threads):
       emit(row)
   if args.memory_plan:
-    emit(memory_plan(model=args.plan_model, batch_size=args.plan_batch, seq_len=args.plan_seq_len)
-         | {"machine": machine(), "date": time.strftime("%Y-%m-%d")})
+    for microbatches in (int(m) for m in args.plan_microbatches.split(",")):
+      emit(memory_plan(model=args.plan_model, batch_size=args.plan_batch, seq_len=args.plan_seq_len,
+                       microbatches=microbatches)
+           | {"machine": machine(), "date": time.strftime("%Y-%m-%d")})
   if cases:
     print()
     print(table(rows))
@@ -740,10 +753,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   for r in rows:
     if "memory_bytes_per_device" in r:
       m = r["memory_bytes_per_device"]
-      print(f"\n{r['name']}: {r['params'] / 1e9:.2f}B params, batch {r['batch_size']} x {r['seq_len']}, "
-            f"mesh {r['mesh']}, remat {r['remat']}: per device peak {m.get('peak', 0) / 1e9:.1f} GB "
-            f"(arguments {m.get('argument', 0) / 1e9:.1f}, temp {m.get('temp', 0) / 1e9:.1f}; state alone "
-            f"{r['state_bytes_per_device'] / 1e9:.1f}) -> fits 80 GB: {r['fits_80GB']}")
+      print(f"\n{r['name']}: {r['params'] / 1e9:.2f}B params, batch {r['batch_size']} x {r['seq_len']} "
+            f"in {r['microbatches']} microbatch(es), mesh {r['mesh']}, remat {r['remat']}: "
+            f"per device peak {m.get('peak', 0) / 1e9:.1f} GB (arguments {m.get('argument', 0) / 1e9:.1f}, "
+            f"temp {m.get('temp', 0) / 1e9:.1f}; state alone {r['state_bytes_per_device'] / 1e9:.1f}) "
+            f"-> fits 80 GB: {r['fits_80GB']}")
   return 0
 
 
