@@ -38,6 +38,9 @@ def test_tiny_case_runs_in_both_frameworks_with_consistent_rows():
     assert math.isfinite(row["final_loss"])
   assert jax_row["model_flops_per_step"] == pytest.approx(torch_row["model_flops_per_step"], rel=1e-6)
   assert jax_row["speedup_vs_pytorch"] == pytest.approx(jax_row["tokens_per_s"] / torch_row["tokens_per_s"])
+  # The epoch estimate rescales by padding only: equal waste would leave the rate unchanged.
+  slots_ratio = (1 - jax_row["padding_waste_bucketed"]) / (1 - jax_row["padding_waste_timed"])
+  assert jax_row["tokens_per_s_epoch_estimate"] == pytest.approx(jax_row["tokens_per_s"] * slots_ratio)
   assert jax_row["compile_s"] > 0 and jax_row["n_shapes"] == 1
   memory = jax_row["memory_bytes"]
   assert memory["argument"] > 0 and memory["peak"] >= memory["argument"]
