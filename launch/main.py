@@ -34,6 +34,10 @@ def main(argv):
   os.environ.setdefault("WANDB_SILENT", "true")
   try:
     import jax
+    from w2s_jax import offline
+    # Compiled steps persist across stages and runs (a GPT-2 step takes ~20 s to compile on CPU).
+    jax.config.update("jax_compilation_cache_dir", str(offline.cache_root() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if _DISTRIBUTED.value:
       jax.distributed.initialize()
     from w2s_jax import pipeline

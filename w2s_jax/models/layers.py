@@ -79,9 +79,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Arra
   `jax.nn.dot_product_attention` picks the fused cuDNN kernel on GPUs when it can,
   and computes the softmax in float32 either way.
   """
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+      and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0):
+    # The fused cuDNN kernel takes padding as sequence lengths (our batches are right padded);
+    # `implementation=None` would always pick the XLA path.
+    lengths = attention_mask.sum(-1).astype(jnp.int32)  # [B]
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, scale=scale, query_seq_lengths=lengths,
+                                        key_value_seq_lengths=lengths, implementation="cudnn")
   key_mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S] broadcast over N, T
-  return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal,
-                                      scale=1.0 / math.sqrt(q.shape[-1]))
+  return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal, scale=scale)
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> jax.Array:
