@@ -275,7 +275,7 @@ class Experiment:
     self.trained_stages += 1
     return stage, result, arrays
 
-  def chain(self, names: list[str], loss: str, seed: int, task, half_a, half_b,
+  def chain(self, names: list[str], loss: str, seed: int, task, half_b,
             gt: dict[str, tuple]) -> dict[str, Any]:
     """Bootstrapping M1 -> M2 -> ... -> Mk: each student labels half B for the next one.
 
@@ -332,7 +332,7 @@ class Experiment:
           self.tracker.summary(f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", runs[-1])
       for names in self.chains:
         for loss in self.config.losses:
-          chains.append(self.chain(names, loss, seed, task, half_a, half_b, gt))
+          chains.append(self.chain(names, loss, seed, task, half_b, gt))
     results = {"task": self.config.task, "model_order": self.names, "runs": runs,
                "summary": report.summarize(runs),
                "chains": chains, "chain_summary": report.summarize_chains(chains), "wall_s": time.time() - start,

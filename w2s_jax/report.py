@@ -14,9 +14,6 @@ import numpy as np
 
 MIN_GAP = 1e-3
 
-RUN_FIELDS = ("weak", "strong", "loss", "seed", "weak_acc", "strong_acc", "w2s_acc", "pgr", "weak_auroc",
-              "strong_auroc", "w2s_auroc", "pgr_auroc", "agreement")
-
 
 def pgr(weak: float, w2s: float, strong: float) -> float:
   gap = strong - weak

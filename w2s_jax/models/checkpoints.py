@@ -156,7 +156,7 @@ def init_params(module: nn.Module, rng: jax.Array, mesh: jax.sharding.Mesh,
   return init(rng)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: Any) -> dict[str, Any]:
   return {sharding.path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
