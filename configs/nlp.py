@@ -20,7 +20,7 @@ GPT2 = dict(
 QWEN = dict(
     qwen2_5_0_5b=model("Qwen/Qwen2.5-0.5B", 1e-5),
     qwen2_5_1_5b=model("Qwen/Qwen2.5-1.5B", 1e-5, microbatches=2),
-    qwen2_5_7b=model("Qwen/Qwen2.5-7B", 1e-5, microbatches=8, dtype="bfloat16", remat=True),
+    qwen2_5_7b=model("Qwen/Qwen2.5-7B", 1e-5, microbatches=8, dtype="bfloat16", remat="full"),
 )
 
 

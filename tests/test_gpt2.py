@@ -91,3 +91,30 @@ def test_checkpoint_of_another_architecture_names_the_tensor(tiny_gpt2_dir, tmp_
   with pytest.raises(UserError, match=r"does not match architecture gpt2.*missing tensor 'h\.0\.") as e:
     checkpoints.load_pretrained(tmp_path, parity.one_device_mesh())
   assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_no_batch", "dots"])
+def test_remat_policies_leave_the_gradients_unchanged(tiny_gpt2_dir, remat):
+  """Activation checkpointing changes what the backward pass keeps, never what it computes."""
+  directory, _ = tiny_gpt2_dir
+  ids, mask = parity.padded_batch(TINY["vocab_size"])
+  mesh = parity.one_device_mesh()
+
+  def grads(remat):
+    model = checkpoints.load_pretrained(directory, mesh, remat=remat, head_init="normal")
+    loss = lambda params: model.module.apply({"params": params}, ids, mask).astype(np.float32).sum()
+    return jax.grad(loss)(model.params)
+
+  reference, checkpointed = grads(False), grads(remat)
+  for path, a in jax.tree_util.tree_leaves_with_path(reference):
+    b = checkpointed
+    for key in path:
+      b = b[key.key]
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
+def test_unknown_remat_policy_is_one_clear_line(tiny_gpt2_dir):
+  directory, _ = tiny_gpt2_dir
+  with pytest.raises(UserError, match="remat='dotz' is not a policy"):
+    model = checkpoints.load_pretrained(directory, parity.one_device_mesh(), remat="dotz")
+    model.module.apply({"params": model.params}, *parity.padded_batch(TINY["vocab_size"]))

@@ -122,6 +122,8 @@ def test_unknown_loss_and_bad_pairs_fail_before_any_work(assets, tmp_path):
     pipeline.run(tiny_config(assets, losses=("nope",)), tmp_path)
   with pytest.raises(UserError, match="pairs entry"):
     pipeline.run(tiny_config(assets, pairs="weak:giant"), tmp_path)
+  with pytest.raises(UserError, match="config.models.strong.remat='everything' is not a policy"):
+    pipeline.run(tiny_config(assets, **{"models.strong.remat": "everything"}), tmp_path)
   assert not (tmp_path / "stages").exists()
 
 

@@ -12,7 +12,8 @@ def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
   """One model of the sweep: a HF checkpoint (directory or hub id) and its learning rate.
 
   Optional: microbatches (gradient accumulation), pooling ('last' | 'first' | 'mean';
-  default by architecture), dtype ('float32' | 'bfloat16'), remat (per-block checkpointing).
+  default by architecture), dtype ('float32' | 'bfloat16'), remat (per-block activation checkpointing:
+  'none' | 'full' | 'dots_no_batch' | 'dots', see models.layers.REMAT_POLICIES).
   """
   return ml_collections.ConfigDict(dict(checkpoint=checkpoint, lr=lr, **kw))
 
@@ -44,7 +45,10 @@ def base() -> ml_collections.ConfigDict:
       clip_norm=ml_collections.FieldReference(None, field_type=float),
       linear_probe=False,     # train only the head
       cache_features=True,    # with linear_probe: pooled features computed once per model
-      bucket=True, log_every=10,
+      bucket=True,            # batch examples of similar length together
+      length_buckets=16,      # at most this many padded lengths (compiled shapes) per split, fitted to it
+      length_multiple=1,      # padded lengths are multiples of this (8 or 128 may suit GPU/TPU tiles)
+      log_every=10,
       checkpoint_every=200,   # orbax checkpoints every N steps and at the end; a rerun resumes
       keep_checkpoints=False,  # keep a finished stage's final checkpoint (else deleted: disk)
   ))

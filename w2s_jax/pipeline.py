@@ -29,7 +29,7 @@ from w2s_jax import report, sharding
 from w2s_jax.artifacts import Stage, StageStore
 from w2s_jax.data import batching, splits, tasks
 from w2s_jax.errors import UserError
-from w2s_jax.models import checkpoints
+from w2s_jax.models import checkpoints, layers
 from w2s_jax.tracking import Tracker
 from w2s_jax.train import loop, losses as losses_lib, metrics as metrics_lib
 
@@ -43,7 +43,7 @@ class ModelSpec:
   microbatches: int = 1
   pooling: str | None = None
   dtype: str = "float32"
-  remat: bool = False
+  remat: bool | str = False  # 'none' | 'full' | 'dots_no_batch' | 'dots' (models.layers.REMAT_POLICIES)
 
   def fingerprint(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -58,7 +58,11 @@ def model_specs(config: ml_collections.ConfigDict) -> dict[str, ModelSpec]:
       raise UserError(f"config.models.{name} has unknown fields {sorted(unknown)}; known: {sorted(known)}")
     if "checkpoint" not in m or "lr" not in m:
       raise UserError(f"config.models.{name} needs a 'checkpoint' (directory or hub id) and an 'lr'")
-    specs[name] = ModelSpec(name=name, **{k: m[k] for k in m.keys()})
+    spec = ModelSpec(name=name, **{k: m[k] for k in m.keys()})
+    if spec.remat not in (False, True, "none", *layers.REMAT_POLICIES):
+      raise UserError(f"config.models.{name}.remat={spec.remat!r} is not a policy; use 'none', "
+                      f"{', '.join(map(repr, layers.REMAT_POLICIES))}")
+    specs[name] = spec
   return specs
 
 
@@ -84,7 +88,8 @@ def train_config(config: ml_collections.ConfigDict, model: ModelSpec, loss: str,
       batch_size=t.batch_size, microbatches=model.microbatches, epochs=t.epochs, lr=model.lr,
       optimizer=t.optimizer, schedule=t.schedule, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
       clip_norm=t.clip_norm, loss=loss, loss_kwargs=loss_kwargs, linear_probe=t.linear_probe,
-      cache_features=t.cache_features, bucket=t.bucket, log_every=t.log_every,
+      cache_features=t.cache_features, bucket=t.bucket, length_buckets=t.length_buckets,
+      length_multiple=t.length_multiple, log_every=t.log_every,
       checkpoint_every=t.checkpoint_every, seed=seed)
 
 

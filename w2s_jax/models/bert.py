@@ -35,7 +35,7 @@ class BertConfig:
   activation: str = "gelu"  # HF's "gelu" is the exact erf GELU
   # Runtime choices, not architecture: compute dtype and per-layer activation checkpointing.
   dtype: str = "float32"
-  remat: bool = False
+  remat: bool | str = False  # False | True (= "full") | a name in layers.REMAT_POLICIES
 
   kind = "encoder"
   # We build no LM head for encoders (see `Bert.lm_logits`), so nothing is tied.
@@ -126,7 +126,7 @@ class Bert(nn.Module):
     self.position_embeddings = embed(c.max_positions, "position_embeddings")
     self.token_type_embeddings = embed(c.type_vocab_size, "token_type_embeddings")
     self.embeddings_ln = layers.LayerNorm(c.layer_norm_eps, jnp.dtype(c.dtype))
-    layer = nn.remat(EncoderLayer) if c.remat else EncoderLayer
+    layer = layers.checkpointed(EncoderLayer, c.remat)
     self.layers = [layer(c, name=f"layer_{i}") for i in range(c.n_layers)]
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:

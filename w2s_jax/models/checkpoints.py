@@ -246,7 +246,7 @@ class LoadedModel:
 
 
 def load_pretrained(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, task: str = "classify",
-                    dtype: str = "float32", remat: bool = False, num_labels: int = 2,
+                    dtype: str = "float32", remat: bool | str = False, num_labels: int = 2,
                     pooling: str | None = None, head_init: str = "zeros", seed: int = 0,
                     rules=sharding.DEFAULT_RULES) -> LoadedModel:
   """Load a HF checkpoint (directory or hub id) into our model, parameters born sharded on `mesh`."""

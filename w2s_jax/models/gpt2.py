@@ -28,7 +28,7 @@ class GPT2Config:
   activation: str = "gelu_new"
   # Runtime choices, not architecture: compute dtype and per-block activation checkpointing.
   dtype: str = "float32"
-  remat: bool = False
+  remat: bool | str = False  # False | True (= "full") | a name in layers.REMAT_POLICIES
 
   kind = "decoder"
   tie_embeddings = True
@@ -93,7 +93,7 @@ class GPT2(nn.Module):
                         param_dtype=jnp.float32)
     self.wpe = nn.Embed(c.max_positions, c.d_model, embedding_init=nn.initializers.normal(0.01),
                         param_dtype=jnp.float32)
-    block = nn.remat(Block) if c.remat else Block
+    block = layers.checkpointed(Block, c.remat)
     self.blocks = [block(c, name=f"block_{i}") for i in range(c.n_layers)]
     self.ln_f = layers.LayerNorm(c.layer_norm_eps, jnp.dtype(c.dtype))
 

@@ -14,8 +14,35 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from w2s_jax.errors import UserError
+
 Initializer = Callable[..., jax.Array]
 default_init = nn.initializers.normal(stddev=0.02)
+
+# Activation checkpointing of each block, by name: what the backward pass keeps versus recomputes.
+REMAT_POLICIES = {
+    # Keep only each block's input; recompute the whole block (least memory, ~1/3 more FLOPs).
+    "full": None,
+    # Keep the outputs of the weight matmuls (no batch dimension in their contraction) and
+    # recompute the attention scores, softmax and elementwise ops: most of full's memory
+    # saving on long sequences for a few percent of extra FLOPs.
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep every matmul output, attention's included; recompute only elementwise ops.
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+def checkpointed(block: type[nn.Module], remat: bool | str) -> type[nn.Module]:
+  """`block` with activation checkpointing by policy name (REMAT_POLICIES); as is for 'none'/False.
+
+  True means 'full' (what remat=True has always meant).
+  """
+  if remat in (False, None, "", "none"):
+    return block
+  policy_name = "full" if remat is True else remat
+  if policy_name not in REMAT_POLICIES:
+    raise UserError(f"remat={remat!r} is not a policy; use 'none', {', '.join(map(repr, REMAT_POLICIES))}")
+  return nn.remat(block, policy=REMAT_POLICIES[policy_name])
 
 
 class Einsum(nn.Module):

@@ -49,7 +49,7 @@ class LlamaConfig:
   activation: str = "silu"
   # Runtime choices, not architecture: compute dtype and per-block activation checkpointing.
   dtype: str = "float32"
-  remat: bool = False
+  remat: bool | str = False  # False | True (= "full") | a name in layers.REMAT_POLICIES
 
   kind = "decoder"
 
@@ -237,7 +237,7 @@ class Llama(nn.Module):
     c = self.config
     self.embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=layers.default_init,
                           param_dtype=jnp.float32)
-    block = nn.remat(Block) if c.remat else Block
+    block = layers.checkpointed(Block, c.remat)
     self.blocks = [block(c, name=f"block_{i}") for i in range(c.n_layers)]
     self.norm = layers.RMSNorm(c.rms_eps, jnp.dtype(c.dtype))
     if not c.tie_embeddings:

@@ -41,7 +41,7 @@ class MPNetConfig:
   activation: str = "gelu"
   # Runtime choices, not architecture: compute dtype and per-layer activation checkpointing.
   dtype: str = "float32"
-  remat: bool = False
+  remat: bool | str = False  # False | True (= "full") | a name in layers.REMAT_POLICIES
 
   kind = "encoder"
   # We build no LM head for encoders (see `MPNet.lm_logits`), so nothing is tied.
@@ -103,7 +103,7 @@ class MPNet(nn.Module):
     self.position_embeddings = embed(c.max_positions, c.d_model, "position_embeddings")
     self.embeddings_ln = layers.LayerNorm(c.layer_norm_eps, jnp.dtype(c.dtype))
     self.relative_attention_bias = embed(c.relative_buckets, c.n_heads, "relative_attention_bias")
-    layer = nn.remat(bert.EncoderLayer) if c.remat else bert.EncoderLayer
+    layer = layers.checkpointed(bert.EncoderLayer, c.remat)
     self.layers = [layer(c, name=f"layer_{i}") for i in range(c.n_layers)]
 
   def position_bias(self, length: int) -> jax.Array:

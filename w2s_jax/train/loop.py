@@ -42,7 +42,8 @@ class TrainConfig:
   linear_probe: bool = False    # train only the head
   cache_features: bool = True   # linear probe: compute pooled features once, train the head on them
   bucket: bool = True           # group examples of similar length into batches
-  length_multiple: int = 16
+  length_buckets: int = 16      # at most this many padded lengths (compiles) per split, fitted to it
+  length_multiple: int = 1      # padded lengths are multiples of this
   log_every: int = 10
   checkpoint_every: int = 0     # 0: only at the end
   seed: int = 0
@@ -106,7 +107,8 @@ def train(model: LoadedModel, data: TokenizedSet, mesh: Mesh, cfg: TrainConfig, 
 
   def epoch_batches(epoch: int):
     return batches(data, cfg.batch_size, targets=targets, shuffle=True, seed=cfg.seed, epoch=epoch,
-                   bucket=cfg.bucket, pad_id=pad_id, length_multiple=cfg.length_multiple,
+                   bucket=cfg.bucket, pad_id=pad_id, length_buckets=cfg.length_buckets,
+                   length_multiple=cfg.length_multiple,
                    process_index=jax.process_index(), process_count=jax.process_count())
 
   return _run(model, epoch_batches, len(data), mesh, cfg, on_features=False, checkpoint_dir=checkpoint_dir,
