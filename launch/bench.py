@@ -72,6 +72,7 @@ class Case:
   seq_len: int
   lengths: str = "real"
   remat: bool | str = False  # or a policy name of models.layers.REMAT_POLICIES
+  scan_layers: bool = False
   warmup: int = 1
   steps: int = 5
   quick: bool = False
@@ -97,8 +98,8 @@ def model_config(case: Case):
   from w2s_jax import models
   from w2s_jax.models.gpt2 import GPT2Config
   if case.model == "tiny":
-    return GPT2Config(**TINY_CONFIG, dtype=case.dtype, remat=case.remat)
-  return models.preset(case.model, dtype=case.dtype, remat=case.remat)
+    return GPT2Config(**TINY_CONFIG, dtype=case.dtype, remat=case.remat, scan_layers=case.scan_layers)
+  return models.preset(case.model, dtype=case.dtype, remat=case.remat, scan_layers=case.scan_layers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +414,7 @@ class JaxRun:
     compile_s = self.compile_s[self.host[0]["input_ids"].shape]
     return {
         "name": case.name, "framework": "jax", "model": case.model, "dtype": case.dtype,
+        "remat": case.remat, "scan_layers": case.scan_layers,
         "params": sum(math.prod(x.shape) for x in jax.tree.leaves(abstract)),
         "non_embedding_params": n_matmul, "batch_size": case.batch_size, "seq_len": case.seq_len,
         "batch_shape": list(self.host[-1]["input_ids"].shape),
@@ -534,7 +536,8 @@ class PytorchRun:
 
 
 def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int = 1024,
-                fsdp: int = 8, remat: bool | str = True, dtype: str = "bfloat16", microbatches: int = 1,
+                fsdp: int = 8, remat: bool | str = True, scan_layers: bool = False, dtype: str = "bfloat16",
+                microbatches: int = 1,
                 config: Any = None) -> dict[str, Any]:
   """Lower and compile the full train step for abstract (never allocated) state and batch on a
   (1, fsdp) mesh, and read the per-device memory XLA planned for it.
@@ -552,7 +555,7 @@ def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int
                      f"through `launch/bench.py --memory-plan` (it sets jax_num_cpu_devices)")
   mesh = sharding.make_mesh(data=1, fsdp=fsdp, devices=jax.devices()[:fsdp])
   if config is None:
-    config = models.preset(model, dtype=dtype, remat=remat)
+    config = models.preset(model, dtype=dtype, remat=remat, scan_layers=scan_layers)
   module = checkpoints.build_model(config)
   abstract = checkpoints.abstract_params(module)
   param_shardings = sharding.param_shardings(abstract, mesh)
@@ -587,7 +590,8 @@ def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int
   state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state)) / fsdp
   return {
       "name": f"memory-plan-{model}", "framework": "jax", "tokens_per_s": None, "model": model,
-      "params": n_params, "dtype": dtype, "remat": remat, "batch_size": batch_size,
+      "params": n_params, "dtype": dtype, "remat": remat, "scan_layers": scan_layers,
+      "batch_size": batch_size,
       "seq_len": seq_len, "microbatches": microbatches, "mesh": dict(mesh.shape),
       "device_kind": f"{fsdp} fake {jax.devices()[0].platform} devices (ahead-of-time compile only)",
       "lower_s": lower_s, "compile_s": compile_s, "memory_bytes_per_device": memory,
@@ -710,6 +714,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="comma list: gradient accumulation inside the step, one plan per value")
   parser.add_argument("--remat", help="override every case's activation checkpointing: none | full | "
                       "dots_no_batch | dots (and the memory plan's, default full)")
+  parser.add_argument("--scan-layers", action="store_true", default=None,
+                      help="every case (and the memory plan) runs its blocks as one nn.scan")
   parser.add_argument("--steps", type=int, help="timed steps per case (default: the case's)")
   parser.add_argument("--warmup", type=int, help="warm-up steps per case (default: the case's)")
   parser.add_argument("--batch-size", type=int, help="override every case's batch size")
@@ -746,7 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   names = [n for n, c in CASES.items() if c.quick] if args.quick else []
   names += [n for n in args.case if n not in names]
   overrides = {k: v for k, v in (("steps", args.steps), ("warmup", args.warmup),
-                                 ("batch_size", args.batch_size), ("remat", args.remat)) if v is not None}
+                                 ("batch_size", args.batch_size), ("remat", args.remat),
+                                 ("scan_layers", args.scan_layers)) if v is not None}
   cases = [dataclasses.replace(CASES[n], **overrides) for n in names]
 
   rows: list[dict[str, Any]] = []
@@ -769,7 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.memory_plan:
     for microbatches in (int(m) for m in args.plan_microbatches.split(",")):
       emit(memory_plan(model=args.plan_model, batch_size=args.plan_batch, seq_len=args.plan_seq_len,
-                       microbatches=microbatches, remat=args.remat or "full")
+                       microbatches=microbatches, remat=args.remat or "full",
+                       scan_layers=bool(args.scan_layers))
            | {"machine": machine(), "date": time.strftime("%Y-%m-%d")})
   if cases:
     print()

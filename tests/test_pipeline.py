@@ -64,7 +64,9 @@ def check_outputs(workdir: Path, n_runs: int):
 
 
 def test_pipeline_end_to_end_on_8_devices_and_stage_cache(assets, tmp_path):
-  config = tiny_config(assets, **{"mesh.data": 4, "mesh.fsdp": 2})
+  # The strong model runs its blocks as one scan (stacked params, FSDP inside each layer).
+  eight = {"mesh.data": 4, "mesh.fsdp": 2, "models.strong.scan_layers": True}
+  config = tiny_config(assets, **eight)
   results = pipeline.run(config, tmp_path)
   check_outputs(tmp_path, n_runs=2)
   assert results["trained_stages"] == 4  # 2 ground-truth + 2 weak-to-strong
@@ -74,10 +76,10 @@ def test_pipeline_end_to_end_on_8_devices_and_stage_cache(assets, tmp_path):
   assert again["trained_stages"] == 0  # every stage loaded from the cache
   assert json.dumps(again["runs"]) == json.dumps(results["runs"])  # (NaN-safe comparison)
   # Changing a hyperparameter of the student retrains only what depends on it.
-  changed = pipeline.run(tiny_config(assets, **{"mesh.data": 4, "mesh.fsdp": 2, "losses": ("xent",),
+  changed = pipeline.run(tiny_config(assets, **{**eight, "losses": ("xent",),
                                                 "loss_options.logconf.alpha_max": 0.75}), tmp_path)
   assert changed["trained_stages"] == 0
-  relogconf = pipeline.run(tiny_config(assets, **{"mesh.data": 4, "mesh.fsdp": 2, "losses": ("logconf",),
+  relogconf = pipeline.run(tiny_config(assets, **{**eight, "losses": ("logconf",),
                                                   "loss_options.logconf.alpha_max": 0.75}), tmp_path)
   assert relogconf["trained_stages"] == 1
 

@@ -13,7 +13,8 @@ def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
 
   Optional: microbatches (gradient accumulation), pooling ('last' | 'first' | 'mean';
   default by architecture), dtype ('float32' | 'bfloat16'), remat (per-block activation checkpointing:
-  'none' | 'full' | 'dots_no_batch' | 'dots', see models.layers.REMAT_POLICIES).
+  'none' | 'full' | 'dots_no_batch' | 'dots', see models.layers.REMAT_POLICIES), scan_layers
+  (the blocks as one nn.scan: one block compiled instead of L).
   """
   return ml_collections.ConfigDict(dict(checkpoint=checkpoint, lr=lr, **kw))
 

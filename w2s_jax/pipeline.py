@@ -44,6 +44,7 @@ class ModelSpec:
   pooling: str | None = None
   dtype: str = "float32"
   remat: bool | str = False  # 'none' | 'full' | 'dots_no_batch' | 'dots' (models.layers.REMAT_POLICIES)
+  scan_layers: bool = False  # one nn.scan over the blocks: compiles in a fraction of the time
 
   def fingerprint(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -176,6 +177,7 @@ class Experiment:
       self._features[stage.key] = cached[1]
       return cached[1]
     loaded = checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
+                                         scan_layers=model.scan_layers,
                                          pooling=model.pooling)
     pad_id = self.tokenizer(model).pad_token_id
     # One pass over train and test together: one jitted function, one compile per length bucket.
@@ -211,6 +213,7 @@ class Experiment:
         return {k: loop.predict_from_features(head, params, rows(ex, "test" if k == "test" else "train"))
                 for k, ex in predict_on.items()}
       loaded = checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
+                                         scan_layers=model.scan_layers,
                                            pooling=model.pooling, seed=seed, head_init=self.config.head_init)
       pad_id = self.tokenizer(model).pad_token_id
       data = self.tokenize(model, train_examples)

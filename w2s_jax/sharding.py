@@ -28,6 +28,11 @@ BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every device
 # saves nothing and costs an all-gather per use.
 MIN_SHARDED_SIZE = 2**14
 
+# The path part under which a scanned stack of layers keeps its parameters, each with a
+# leading [L] layer axis (models.layers.Scanned). FSDP never shards that axis: the scan
+# takes one layer's slice per step, and every device must hold a part of each layer.
+STACKED = "stacked"
+
 # The default rule table: FSDP everywhere (small tensors replicated by the rule itself).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = ((".*", "fsdp"),)
 
@@ -90,7 +95,9 @@ def param_shardings(abstract_params: Any, mesh: Mesh, rules: Sequence[tuple[str,
     name = path_str(path)
     for pattern, spec in compiled:
       if pattern.search(name):
-        if spec == "fsdp":
+        if spec == "fsdp" and STACKED in name.split("/"):
+          spec = P(None, *fsdp_spec(leaf.shape[1:], fsdp_size))
+        elif spec == "fsdp":
           spec = fsdp_spec(leaf.shape, fsdp_size)
         return NamedSharding(mesh, spec)
     return NamedSharding(mesh, P())

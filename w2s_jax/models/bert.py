@@ -36,6 +36,7 @@ class BertConfig:
   # Runtime choices, not architecture: compute dtype and per-layer activation checkpointing.
   dtype: str = "float32"
   remat: bool | str = False  # False | True (= "full") | a name in layers.REMAT_POLICIES
+  scan_layers: bool = False  # one nn.scan over the blocks (params stacked [L, ...]): fast compiles
 
   kind = "encoder"
   # We build no LM head for encoders (see `Bert.lm_logits`), so nothing is tied.
@@ -126,8 +127,7 @@ class Bert(nn.Module):
     self.position_embeddings = embed(c.max_positions, "position_embeddings")
     self.token_type_embeddings = embed(c.type_vocab_size, "token_type_embeddings")
     self.embeddings_ln = layers.LayerNorm(c.layer_norm_eps, jnp.dtype(c.dtype))
-    layer = layers.checkpointed(EncoderLayer, c.remat)
-    self.layers = [layer(c, name=f"layer_{i}") for i in range(c.n_layers)]
+    self.layers = layers.make_blocks(EncoderLayer, c, "layer")
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     # Positions count real tokens (HF uses 0..T-1): equal under right padding, and with
@@ -137,8 +137,7 @@ class Bert(nn.Module):
     token_type = self.token_type_embeddings.embedding[0]  # [D]
     x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + token_type
     x = self.embeddings_ln(x)  # [B, T, D] in the compute dtype
-    for layer in self.layers:
-      x = layer(x, attention_mask)
+    x = layers.run_blocks(self.layers, x, attention_mask)
     return x
 
   def lm_logits(self, hidden: jax.Array) -> jax.Array:

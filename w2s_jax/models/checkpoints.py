@@ -194,17 +194,39 @@ def _resolve_names(reader: CheckpointReader, wanted: list[str], prefixes: tuple[
   return resolved, best_prefix
 
 
+# The name tables list per-layer paths ("block_3/attn/q/kernel"); with scan_layers the
+# backbone keeps them stacked under "blocks/stacked/attn/q/kernel" (models.layers.make_blocks).
+_PER_LAYER_PATH = re.compile(r"^(block|layer)_(\d+)/(.+)$")
+
+
+def _stack_layer_table(table: dict[str, tuple[str, Any]]) -> dict[str, list[tuple[str, Any]]]:
+  """Our path -> the (HF name, transform) of each layer, stacked paths in layer order."""
+  sources: dict[str, dict[int, tuple[str, Any]]] = {}
+  for path, source in table.items():
+    match = _PER_LAYER_PATH.match(path)
+    if match is None:
+      sources[path] = {0: source}
+    else:
+      kind, layer, rest = match.groups()
+      sources.setdefault(f"{kind}s/{sharding.STACKED}/{rest}", {})[int(layer)] = source
+  return {path: [by_layer[i] for i in sorted(by_layer)] for path, by_layer in sources.items()}
+
+
 def load_backbone_params(directory: Path, config: Any, abstract_backbone: Any, shardings_backbone: Any) -> Any:
   """Read, convert and place every backbone parameter; fail on any missing/unexpected/mis-shaped tensor."""
   arch = models.module_for(config)
   reader = CheckpointReader(directory)
   table = arch.hf_tensor_map(config)
+  if getattr(config, "scan_layers", False):
+    sources = _stack_layer_table(table)
+  else:
+    sources = {path: [source] for path, source in table.items()}
   flat_abstract = _flatten(abstract_backbone)
   flat_shardings = _flatten(shardings_backbone)
-  unmapped = sorted(set(flat_abstract) - set(table))
+  unmapped = sorted(set(flat_abstract) - set(sources))
   assert not unmapped, f"hf_tensor_map of {arch.__name__} misses our parameters {unmapped[:5]}"
 
-  wanted = sorted({hf_name for hf_name, _ in table.values()})
+  wanted = sorted({hf_name for layers in sources.values() for hf_name, _ in layers})
   resolved, prefix = _resolve_names(reader, wanted, arch.HF_PREFIXES,
                                     getattr(arch, "HF_LEGACY_NAMES", ()))
   missing = [n for n in wanted if n not in resolved]
@@ -222,17 +244,26 @@ def load_backbone_params(directory: Path, config: Any, abstract_backbone: Any, s
     raise UserError(f"checkpoint {directory} does not match architecture {arch.__name__.split('.')[-1]} "
                     f"(model_type {read_hf_config(directory).get('model_type')!r}): {'; '.join(what)}")
 
-  loaded = {}
-  for path, abstract in flat_abstract.items():
-    hf_name, transform = table[path]
+  def read(hf_name: str, transform: Any, path: str, shape: tuple[int, ...]) -> np.ndarray:
     value = reader.read(resolved[hf_name])
     if transform is not None:
       value = transform(value)
-    if tuple(value.shape) != tuple(abstract.shape):
+    if tuple(value.shape) != shape:
       raise UserError(f"checkpoint {directory}: tensor {resolved[hf_name]!r} has shape "
                       f"{reader.shape(resolved[hf_name])}, which does not fit our {path} of shape "
-                      f"{tuple(abstract.shape)}; the config.json does not describe these weights")
-    loaded[path] = sharding.put_host_array(np.asarray(value, dtype=abstract.dtype), flat_shardings[path])
+                      f"{shape}; the config.json does not describe these weights")
+    return value
+
+  loaded = {}
+  for path, abstract in flat_abstract.items():
+    if sharding.STACKED in path.split("/"):
+      # One host array [L, ...] at a time (the largest of Qwen2.5-7B, an MLP kernel, is 7.6 GB).
+      layers = [read(hf_name, transform, path, tuple(abstract.shape[1:])) for hf_name, transform in sources[path]]
+      value = np.stack(layers, dtype=abstract.dtype)
+    else:
+      (hf_name, transform), = sources[path]
+      value = np.asarray(read(hf_name, transform, path, tuple(abstract.shape)), dtype=abstract.dtype)
+    loaded[path] = sharding.put_host_array(value, flat_shardings[path])
   return _unflatten(loaded)
 
 
@@ -246,12 +277,13 @@ class LoadedModel:
 
 
 def load_pretrained(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, task: str = "classify",
-                    dtype: str = "float32", remat: bool | str = False, num_labels: int = 2,
+                    dtype: str = "float32", remat: bool | str = False, scan_layers: bool = False,
+                    num_labels: int = 2,
                     pooling: str | None = None, head_init: str = "zeros", seed: int = 0,
                     rules=sharding.DEFAULT_RULES) -> LoadedModel:
   """Load a HF checkpoint (directory or hub id) into our model, parameters born sharded on `mesh`."""
   directory = resolve_checkpoint(name_or_path)
-  config = models.config_from_hf(read_hf_config(directory), dtype=dtype, remat=remat)
+  config = models.config_from_hf(read_hf_config(directory), dtype=dtype, remat=remat, scan_layers=scan_layers)
   if task == "classify" and pooling is None:
     pooling = default_pooling(config, directory)
   module = build_model(config, task=task, num_labels=num_labels, pooling=pooling, head_init=head_init)

@@ -29,6 +29,7 @@ class GPT2Config:
   # Runtime choices, not architecture: compute dtype and per-block activation checkpointing.
   dtype: str = "float32"
   remat: bool | str = False  # False | True (= "full") | a name in layers.REMAT_POLICIES
+  scan_layers: bool = False  # one nn.scan over the blocks (params stacked [L, ...]): fast compiles
 
   kind = "decoder"
   tie_embeddings = True
@@ -93,16 +94,14 @@ class GPT2(nn.Module):
                         param_dtype=jnp.float32)
     self.wpe = nn.Embed(c.max_positions, c.d_model, embedding_init=nn.initializers.normal(0.01),
                         param_dtype=jnp.float32)
-    block = layers.checkpointed(Block, c.remat)
-    self.blocks = [block(c, name=f"block_{i}") for i in range(c.n_layers)]
+    self.blocks = layers.make_blocks(Block, c, "block")
     self.ln_f = layers.LayerNorm(c.layer_norm_eps, jnp.dtype(c.dtype))
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     dtype = jnp.dtype(self.config.dtype)
     positions = layers.positions_from_mask(attention_mask)
     x = (self.wte(input_ids) + self.wpe(positions)).astype(dtype)  # [B, T, D]
-    for block in self.blocks:
-      x = block(x, attention_mask)
+    x = layers.run_blocks(self.blocks, x, attention_mask)
     return self.ln_f(x)
 
   def lm_logits(self, hidden: jax.Array) -> jax.Array:

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from w2s_jax import sharding
 from w2s_jax.errors import UserError
 
 Initializer = Callable[..., jax.Array]
@@ -32,17 +33,61 @@ REMAT_POLICIES = {
 }
 
 
-def checkpointed(block: type[nn.Module], remat: bool | str) -> type[nn.Module]:
+def checkpointed(block: type[nn.Module], remat: bool | str, prevent_cse: bool = True) -> type[nn.Module]:
   """`block` with activation checkpointing by policy name (REMAT_POLICIES); as is for 'none'/False.
 
-  True means 'full' (what remat=True has always meant).
+  True means 'full' (what remat=True has always meant). Inside a scan, `prevent_cse=False`
+  is safe and lets XLA optimise more (jax.checkpoint's documentation).
   """
   if remat in (False, None, "", "none"):
     return block
   policy_name = "full" if remat is True else remat
   if policy_name not in REMAT_POLICIES:
     raise UserError(f"remat={remat!r} is not a policy; use 'none', {', '.join(map(repr, REMAT_POLICIES))}")
-  return nn.remat(block, policy=REMAT_POLICIES[policy_name])
+  return nn.remat(block, policy=REMAT_POLICIES[policy_name], prevent_cse=prevent_cse)
+
+
+class Scanned(nn.Module):
+  """`length` blocks applied in turn as one `nn.scan`: XLA compiles the block once, not L times.
+
+  `block(config)` is called as block(x, *shared) -> x, where `shared` (mask, positions,
+  bias) is the same for every layer. The blocks' parameters are stacked on a leading [L]
+  axis under `sharding.STACKED` ('stacked'). Compile time then barely grows with depth; a
+  Python loop over L blocks (scan_layers=False) lets XLA schedule across layers instead.
+  """
+  block: type[nn.Module]
+  config: object
+  length: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *shared: jax.Array | None) -> jax.Array:
+    def body(block, carry, *shared):
+      return block(carry, *shared), None
+    scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=(nn.broadcast,) * len(shared), length=self.length)
+    x, _ = scan(self.block(self.config, name=sharding.STACKED), x, *shared)
+    return x
+
+
+def make_blocks(block: type[nn.Module], config, prefix: str) -> "Scanned | list[nn.Module]":
+  """The backbone's L blocks: one `Scanned` stack (config.scan_layers) or `prefix`_0 … `prefix`_{L-1}.
+
+  Assign the result to an attribute named `prefix`s in setup, and run it with `run_blocks`.
+  Checkpoint name tables list the per-layer paths; the loader stacks them (models.checkpoints).
+  """
+  block = checkpointed(block, config.remat, prevent_cse=not config.scan_layers)
+  if config.scan_layers:
+    return Scanned(block, config, config.n_layers)
+  return [block(config, name=f"{prefix}_{i}") for i in range(config.n_layers)]
+
+
+def run_blocks(blocks, x: jax.Array, *shared: jax.Array | None) -> jax.Array:
+  """x through every block of `make_blocks`' result."""
+  if isinstance(blocks, Scanned):
+    return blocks(x, *shared)
+  for block in blocks:
+    x = block(x, *shared)
+  return x
 
 
 class Einsum(nn.Module):

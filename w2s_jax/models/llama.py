@@ -50,6 +50,7 @@ class LlamaConfig:
   # Runtime choices, not architecture: compute dtype and per-block activation checkpointing.
   dtype: str = "float32"
   remat: bool | str = False  # False | True (= "full") | a name in layers.REMAT_POLICIES
+  scan_layers: bool = False  # one nn.scan over the blocks (params stacked [L, ...]): fast compiles
 
   kind = "decoder"
 
@@ -237,8 +238,7 @@ class Llama(nn.Module):
     c = self.config
     self.embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=layers.default_init,
                           param_dtype=jnp.float32)
-    block = layers.checkpointed(Block, c.remat)
-    self.blocks = [block(c, name=f"block_{i}") for i in range(c.n_layers)]
+    self.blocks = layers.make_blocks(Block, c, "block")
     self.norm = layers.RMSNorm(c.rms_eps, jnp.dtype(c.dtype))
     if not c.tie_embeddings:
       self.lm_head = Einsum((c.d_model, c.vocab_size), None, jnp.float32)
@@ -248,8 +248,7 @@ class Llama(nn.Module):
     # With right padding these are 0..len-1 on real tokens, the positions HF uses.
     positions = layers.positions_from_mask(attention_mask)  # [B, T]
     x = self.embed(input_ids).astype(dtype)  # [B, T, D]
-    for block in self.blocks:
-      x = block(x, attention_mask, positions)
+    x = layers.run_blocks(self.blocks, x, attention_mask, positions)
     return self.norm(x)
 
   def lm_logits(self, hidden: jax.Array) -> jax.Array:

@@ -42,6 +42,7 @@ class MPNetConfig:
   # Runtime choices, not architecture: compute dtype and per-layer activation checkpointing.
   dtype: str = "float32"
   remat: bool | str = False  # False | True (= "full") | a name in layers.REMAT_POLICIES
+  scan_layers: bool = False  # one nn.scan over the blocks (params stacked [L, ...]): fast compiles
 
   kind = "encoder"
   # We build no LM head for encoders (see `MPNet.lm_logits`), so nothing is tied.
@@ -103,8 +104,7 @@ class MPNet(nn.Module):
     self.position_embeddings = embed(c.max_positions, c.d_model, "position_embeddings")
     self.embeddings_ln = layers.LayerNorm(c.layer_norm_eps, jnp.dtype(c.dtype))
     self.relative_attention_bias = embed(c.relative_buckets, c.n_heads, "relative_attention_bias")
-    layer = layers.checkpointed(bert.EncoderLayer, c.remat)
-    self.layers = [layer(c, name=f"layer_{i}") for i in range(c.n_layers)]
+    self.layers = layers.make_blocks(bert.EncoderLayer, c, "layer")
 
   def position_bias(self, length: int) -> jax.Array:
     """Relative position bias [1, N, T, T] in float32, the same for every example and layer.
@@ -126,8 +126,7 @@ class MPNet(nn.Module):
     x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
     x = self.embeddings_ln(x)  # [B, T, D] in the compute dtype
     bias = self.position_bias(input_ids.shape[1])
-    for layer in self.layers:
-      x = layer(x, attention_mask, bias)
+    x = layers.run_blocks(self.layers, x, attention_mask, bias)
     return x
 
   def lm_logits(self, hidden: jax.Array) -> jax.Array:
