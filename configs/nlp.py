@@ -20,7 +20,10 @@ GPT2 = dict(
 QWEN = dict(
     qwen2_5_0_5b=model("Qwen/Qwen2.5-0.5B", 1e-5),
     qwen2_5_1_5b=model("Qwen/Qwen2.5-1.5B", 1e-5, microbatches=2),
-    qwen2_5_7b=model("Qwen/Qwen2.5-7B", 1e-5, microbatches=8, dtype="bfloat16", remat="full"),
+    # Scanned layers with full remat: the train step compiles once per shape for all 28 layers,
+    # and its planned memory is 21 GB per device on 8 devices (BENCHMARKS.md, memory plan).
+    qwen2_5_7b=model("Qwen/Qwen2.5-7B", 1e-5, microbatches=8, dtype="bfloat16", remat="full",
+                     scan_layers=True),
 )
 
 

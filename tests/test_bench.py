@@ -106,3 +106,16 @@ def test_memory_plan_compiles_an_fsdp_step_without_allocating_it():
   assert memory["argument"] < full_state_bytes / 2
   assert memory["peak"] >= memory["argument"] > 0
   assert row["mesh"] == {"data": 1, "fsdp": 8} and row["fits_80GB"]
+
+
+def test_scanned_layers_let_the_planned_activations_shrink_with_remat():
+  """With the blocks scanned, full remat keeps only each block's input: the plan says so."""
+  from w2s_jax.models.gpt2 import GPT2Config
+
+  def temp_bytes(remat):
+    config = GPT2Config(vocab_size=512, max_positions=256, d_model=64, n_layers=8, n_heads=4, d_ff=256,
+                        dtype="float32", remat=remat, scan_layers=True)
+    row = bench.memory_plan(model="tiny", config=config, batch_size=16, seq_len=256, fsdp=8)
+    return row["memory_bytes_per_device"]["temp"]
+
+  assert temp_bytes("full") < temp_bytes(False) / 2
