@@ -25,8 +25,9 @@ REMAT_POLICIES = {
     # Keep only each block's input; recompute the whole block (least memory, ~1/3 more FLOPs).
     "full": None,
     # Keep the outputs of the weight matmuls (no batch dimension in their contraction) and
-    # recompute the attention scores, softmax and elementwise ops: most of full's memory
-    # saving on long sequences for a few percent of extra FLOPs.
+    # recompute attention's matmuls, the softmax and elementwise ops: fewer extra FLOPs than
+    # 'full', and most of its saving (Qwen2.5-7B at 32 x 1024, scanned: 31 GB of planned
+    # activations per device, against 10 GB with 'full' and 107 GB without remat).
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     # Keep every matmul output, attention's included; recompute only elementwise ops.
     "dots": jax.checkpoint_policies.checkpoint_dots,
