@@ -205,7 +205,7 @@ class Workload:
   """
   batches: list[list[tuple[np.ndarray, np.ndarray]]]
   warmup: int
-  boundaries: np.ndarray  # the epoch's padded lengths (`batching.length_boundaries` of the task)
+  boundaries: np.ndarray  # the epoch's padded lengths (`batching.split_boundaries` of the task)
   n_shapes_epoch: int = 1  # distinct padded lengths in a whole epoch: compiles a training run pays
 
   def real_tokens(self, timed_only: bool = True) -> int:

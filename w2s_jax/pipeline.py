@@ -60,9 +60,10 @@ def model_specs(config: ml_collections.ConfigDict) -> dict[str, ModelSpec]:
     if "checkpoint" not in m or "lr" not in m:
       raise UserError(f"config.models.{name} needs a 'checkpoint' (directory or hub id) and an 'lr'")
     spec = ModelSpec(name=name, **{k: m[k] for k in m.keys()})
-    if spec.remat not in (False, True, "none", *layers.REMAT_POLICIES):
-      raise UserError(f"config.models.{name}.remat={spec.remat!r} is not a policy; use 'none', "
-                      f"{', '.join(map(repr, layers.REMAT_POLICIES))}")
+    try:
+      layers.remat_policy_name(spec.remat)  # fail before any stage runs, not when the model loads
+    except UserError as e:
+      raise UserError(f"config.models.{name}.{e}") from None
     specs[name] = spec
   return specs
 
@@ -163,6 +164,11 @@ class Experiment:
   def tokenize(self, model: ModelSpec, examples: list[tasks.Example]) -> batching.TokenizedSet:
     return batching.tokenize(examples, self.tokenizer(model), self.config.max_length)
 
+  def load(self, model: ModelSpec, **kwargs: Any) -> checkpoints.LoadedModel:
+    """`model`'s checkpoint on the mesh with its runtime settings (dtype, remat, scan_layers, pooling)."""
+    return checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
+                                       scan_layers=model.scan_layers, pooling=model.pooling, **kwargs)
+
   # --- stages ---------------------------------------------------------------------------------
   def features(self, model: ModelSpec, seed: int, task: tasks.TaskData) -> dict[str, np.ndarray]:
     """Pooled features of every train and test example (the frozen backbone runs once per model)."""
@@ -176,9 +182,7 @@ class Experiment:
     if cached is not None:
       self._features[stage.key] = cached[1]
       return cached[1]
-    loaded = checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
-                                         scan_layers=model.scan_layers,
-                                         pooling=model.pooling)
+    loaded = self.load(model)
     pad_id = self.tokenizer(model).pad_token_id
     # One pass over train and test together: one jitted function, one compile per length bucket.
     data = self.tokenize(model, [*task.train, *task.test])
@@ -212,9 +216,7 @@ class Experiment:
                                  checkpoint_dir=stage.checkpoint_dir, log=log, desc=name)
         return {k: loop.predict_from_features(head, params, rows(ex, "test" if k == "test" else "train"))
                 for k, ex in predict_on.items()}
-      loaded = checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
-                                         scan_layers=model.scan_layers,
-                                           pooling=model.pooling, seed=seed, head_init=self.config.head_init)
+      loaded = self.load(model, seed=seed, head_init=self.config.head_init)
       pad_id = self.tokenizer(model).pad_token_id
       data = self.tokenize(model, train_examples)
       params = loop.train(loaded, data, self.mesh, cfg, targets=targets, pad_id=pad_id,

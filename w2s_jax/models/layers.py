@@ -34,18 +34,26 @@ REMAT_POLICIES = {
 }
 
 
-def checkpointed(block: type[nn.Module], remat: bool | str, prevent_cse: bool = True) -> type[nn.Module]:
-  """`block` with activation checkpointing by policy name (REMAT_POLICIES); as is for 'none'/False.
-
-  True means 'full' (what remat=True has always meant). Inside a scan, `prevent_cse=False`
-  is safe and lets XLA optimise more (jax.checkpoint's documentation).
-  """
-  if remat in (False, None, "", "none"):
-    return block
-  policy_name = "full" if remat is True else remat
-  if policy_name not in REMAT_POLICIES:
+def remat_policy_name(remat: bool | str) -> str | None:
+  """The REMAT_POLICIES key `remat` names (True means 'full'), or None for False / 'none'."""
+  if remat is False or remat == "none":
+    return None
+  name = "full" if remat is True else remat
+  if name not in REMAT_POLICIES:
     raise UserError(f"remat={remat!r} is not a policy; use 'none', {', '.join(map(repr, REMAT_POLICIES))}")
-  return nn.remat(block, policy=REMAT_POLICIES[policy_name], prevent_cse=prevent_cse)
+  return name
+
+
+def checkpointed(block: type[nn.Module], remat: bool | str, prevent_cse: bool = True) -> type[nn.Module]:
+  """`block` with activation checkpointing by policy name (`remat_policy_name`); as is for 'none'.
+
+  Inside a scan, `prevent_cse=False` is safe and lets XLA optimise more (jax.checkpoint's
+  documentation).
+  """
+  name = remat_policy_name(remat)
+  if name is None:
+    return block
+  return nn.remat(block, policy=REMAT_POLICIES[name], prevent_cse=prevent_cse)
 
 
 class Scanned(nn.Module):

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from w2s_jax import sharding
-from w2s_jax.data.batching import TokenizedSet, batches
+from w2s_jax.data.batching import TokenizedSet, batches, split_boundaries
 from w2s_jax.errors import UserError
 from w2s_jax.models.checkpoints import LoadedModel
 from w2s_jax.train import losses, optim, state as state_lib, steps
@@ -105,10 +105,12 @@ def train(model: LoadedModel, data: TokenizedSet, mesh: Mesh, cfg: TrainConfig, 
     return train_head(model, cached, data.labels, mesh, cfg, targets=targets, checkpoint_dir=checkpoint_dir,
                       log=log, desc=desc)
 
+  # The padded lengths depend on the split alone: fitted once, not once per epoch.
+  boundaries = split_boundaries(data.lengths, cfg.batch_size, cfg.length_buckets, cfg.length_multiple)
+
   def epoch_batches(epoch: int):
     return batches(data, cfg.batch_size, targets=targets, shuffle=True, seed=cfg.seed, epoch=epoch,
-                   bucket=cfg.bucket, pad_id=pad_id, length_buckets=cfg.length_buckets,
-                   length_multiple=cfg.length_multiple,
+                   bucket=cfg.bucket, pad_id=pad_id, boundaries=boundaries,
                    process_index=jax.process_index(), process_count=jax.process_count())
 
   return _run(model, epoch_batches, len(data), mesh, cfg, on_features=False, checkpoint_dir=checkpoint_dir,
