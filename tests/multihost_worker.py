@@ -62,7 +62,7 @@ def fine_tune_and_predict(model_dir: str, task_path: str) -> dict[str, list]:
     curve: list[tuple[int, float]] = []
     params = loop.train(model, train, mesh, train_config(**overrides),
                         log=lambda step, metrics: curve.append((step, metrics["loss"])))
-    probs = loop.predict(model, params, test, mesh, batch_size=BATCH_SIZE)
+    probs = loop.softmax(loop.predict_logits(model, params, test, mesh, batch_size=BATCH_SIZE))
     result |= {f"{run}/steps": [s for s, _ in curve], f"{run}/loss": [l for _, l in curve],
                f"{run}/probs": np.asarray(probs, np.float64).tolist()}
   result["sharded_params"] = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(params))

@@ -60,12 +60,54 @@ def test_nan_loss_stops_with_one_line(setup):
   assert "\n" not in str(e.value)
 
 
-def test_predict_returns_rows_in_data_order(setup):
+def test_predict_returns_logits_rows_in_data_order(setup):
   model_dir, data = setup
   mesh = sharding.make_mesh(data=4, fsdp=1)
   model = fresh(model_dir, mesh)
-  probs = loop.predict(model, model.params, data, mesh, batch_size=8)
-  one_by_one = [np.asarray(jax.nn.softmax(model.module.apply(
-      {"params": model.params}, ids[None], np.ones((1, len(ids)), np.int32)))[0]) for ids in data.ids[:5]]
-  np.testing.assert_allclose(probs[:5], np.stack(one_by_one), atol=1e-5)
-  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  logits = loop.predict_logits(model, model.params, data, mesh, batch_size=8)
+  one_by_one = [np.asarray(model.module.apply(
+      {"params": model.params}, ids[None], np.ones((1, len(ids)), np.int32)))[0] for ids in data.ids[:5]]
+  np.testing.assert_allclose(logits[:5], np.stack(one_by_one), atol=1e-5)
+  np.testing.assert_allclose(loop.softmax(logits).sum(-1), 1.0, atol=1e-6)
+
+
+def test_softmax_of_confident_logits_keeps_the_margin_that_probabilities_lose():
+  # A margin of 20 saturates float32 p(class 1) to exactly 1.0; the logits still rank the rows.
+  logits = np.array([[0.0, 20.0], [0.0, 25.0]], np.float32)
+  probs = loop.softmax(logits)
+  assert probs[0, 1] == probs[1, 1] == np.float32(1.0)
+  assert logits[1, 1] - logits[1, 0] > logits[0, 1] - logits[0, 0]
+
+
+def test_a_nan_state_is_never_checkpointed(tmp_path):
+  """The loss is checked before every save, not only at logging steps."""
+  mesh = sharding.make_mesh(data=1, fsdp=1)
+  head = checkpoints.head_only(_tiny_dir(tmp_path), mesh, d_model=4, head_init="normal")
+  features = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+  labels = (features[:, 0] > 0).astype(np.int32)
+  features[40] = np.nan  # the batch holding row 40 makes the loss NaN, and every later state too
+  cfg = loop.TrainConfig(batch_size=8, epochs=1.0, lr=1e-2, log_every=1000, checkpoint_every=1, seed=0)
+  with pytest.raises(UserError, match="loss became nan at step (\\d+)") as e:
+    loop.train_head(head, features, labels, mesh, cfg, checkpoint_dir=tmp_path / "ckpt")
+  nan_step = int(__import__("re").search(r"at step (\d+)", str(e.value)).group(1))
+  saved = sorted(int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit())
+  assert saved and max(saved) < nan_step, (saved, nan_step)
+
+
+def test_feature_batches_group_lengths_like_token_batches_when_bucketed():
+  n, batch_size = 96, 8
+  lengths = np.random.default_rng(1).integers(1, 60, size=n)
+  features = np.zeros((n, 2), np.float32)
+  labels, targets = np.zeros(n, np.int32), np.full((n, 2), 0.5, np.float32)
+  token_rows = [sorted(b) for b in batching.batch_order(lengths, batch_size, shuffle=True, seed=3, epoch=1)]
+  feature_rows = [sorted(b["index"][b["index"] >= 0]) for b in loop._feature_batches(
+      features, labels, targets, batch_size, seed=3, epoch=1, lengths=lengths, bucket=True)]
+  assert [list(r) for r in feature_rows] == [list(r) for r in token_rows]
+  unbucketed = [b["index"] for b in loop._feature_batches(features, labels, targets, batch_size, seed=3, epoch=1,
+                                                            lengths=lengths, bucket=False)]
+  spread = np.mean([np.ptp(lengths[i]) for i in unbucketed])
+  assert np.mean([np.ptp(lengths[r]) for r in feature_rows]) < spread / 3  # bucketed batches: similar lengths
+
+
+def _tiny_dir(root):
+  return tiny_models.save_gpt2(root / "gpt2", n_embd=4, n_layer=1)

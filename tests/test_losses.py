@@ -246,3 +246,69 @@ def test_get_loss_rejects_unknown_names_and_options():
     losses.get_loss("logconf", schedule="cosine")
   with pytest.raises(UserError, match="must both lie in"):
     losses.get_loss("logconf", alpha_max=1.5)
+
+
+def padded_binary_batch():
+  """7 real rows with unbalanced weak labels, and the same rows with padding interleaved."""
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(7, 2)).astype(np.float32)
+  targets = soft_binary([0.9, 0.8, 0.1, 0.7, 0.95, 0.6, 0.2])
+  order = np.array([0, -1, 1, 2, -1, 3, 4, -1, -1, 5, 6])
+  pad_logits = np.where(order[:, None] >= 0, logits[order], [[-30.0, 30.0]]).astype(np.float32)
+  pad_targets = np.where(order[:, None] >= 0, targets[order], 0.0).astype(np.float32)
+  return (logits, targets, np.ones(7, np.float32)), (pad_logits, pad_targets, (order >= 0).astype(np.float32))
+
+
+def test_logconf_with_whole_batch_stats_on_slices_equals_one_whole_call():
+  """What gradient accumulation does: each slice of rows hardened with the whole batch's statistics."""
+  loss_fn = losses.get_loss("logconf", warmup_frac=0.0)  # alpha = 0.5 from the start
+  _, (logits, targets, weight) = padded_binary_batch()
+  whole, whole_aux = loss_fn(logits, targets, weight, 0.5)
+  whole_grad = jax.grad(lambda z: loss_fn(z, targets, weight, 0.5)[0])(logits)
+  stats = loss_fn.batch_statistics(logits, targets, weight, 0.5)
+  assert set(stats) == {"threshold", "weak_class1_mean"}
+  n_total = weight.sum()
+  parts = [np.arange(0, 4), np.arange(4, 11)]  # 3 and 4 real rows
+  total, frac = 0.0, 0.0
+  for rows in parts:
+    z, t, w = logits[rows], targets[rows], weight[rows]
+    loss, aux = loss_fn(z, t, w, 0.5, stats=stats)
+    total += float(loss) * w.sum()
+    frac += float(aux["hardened_class1_frac"]) * w.sum()
+    for key in ("threshold", "weak_class1_mean", "alpha"):
+      np.testing.assert_allclose(aux[key], whole_aux[key], rtol=1e-6, err_msg=key)
+    grad = jax.grad(lambda z: loss_fn(z, t, w, 0.5, stats=stats)[0] * w.sum() / n_total)(z)
+    np.testing.assert_allclose(grad, whole_grad[rows], atol=1e-7)
+    # Without the whole batch's statistics a slice thresholds on its own rows: not the same loss.
+    assert float(loss_fn(z, t, w, 0.5)[1]["threshold"]) != pytest.approx(float(stats["threshold"]))
+  np.testing.assert_allclose(total / n_total, whole, rtol=1e-6)
+  np.testing.assert_allclose(frac / n_total, whole_aux["hardened_class1_frac"], rtol=1e-6)
+
+
+def test_padding_rows_do_not_change_the_batch_statistics():
+  loss_fn = losses.get_loss("logconf")
+  real, padded = padded_binary_batch()
+  stats, pad_stats = loss_fn.batch_statistics(*real, 0.5), loss_fn.batch_statistics(*padded, 0.5)
+  assert set(stats) == set(pad_stats) == {"threshold", "weak_class1_mean"}
+  for key in stats:
+    np.testing.assert_allclose(pad_stats[key], stats[key], rtol=1e-6, err_msg=key)
+  # The statistics are a target's: no gradient flows through them.
+  grad = jax.grad(lambda z: loss_fn.batch_statistics(z, padded[1], padded[2], 0.5)["threshold"])(padded[0])
+  assert np.all(grad == 0)
+
+
+def test_batch_statistics_declarations():
+  assert losses.get_loss("logconf").needs_batch_statistics
+  for name in ("xent", "xent_hard", "product"):
+    loss_fn = losses.get_loss(name)
+    assert not loss_fn.needs_batch_statistics, name
+    assert loss_fn.batch_statistics(np.zeros((2, 2), np.float32), soft_binary([0.2, 0.7]),
+                                    np.ones(2, np.float32), 0.0) == {}
+    with pytest.raises(TypeError, match="takes no batch statistics"):
+      loss_fn(np.zeros((2, 2), np.float32), soft_binary([0.2, 0.7]), np.ones(2, np.float32), 0.0,
+              stats={"threshold": 0.5})
+  # More than two classes harden by argmax, row by row: nothing from the batch.
+  assert losses.get_loss("logconf").batch_statistics(np.zeros((2, 3), np.float32), np.full((2, 3), 1 / 3),
+                                                     np.ones(2, np.float32), 0.0) == {}
+  with pytest.raises(UserError, match="bad options"):
+    losses.get_loss("logconf", stats={})

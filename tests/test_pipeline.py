@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from tests import tiny_models
 from w2s_jax import pipeline
+from w2s_jax.data import tasks
 from w2s_jax.errors import UserError
 from w2s_jax.config_base import base, finalize, model
 
@@ -82,6 +85,14 @@ def test_pipeline_end_to_end_on_8_devices_and_stage_cache(assets, tmp_path):
   relogconf = pipeline.run(tiny_config(assets, **{**eight, "losses": ("logconf",),
                                                   "loss_options.logconf.alpha_max": 0.75}), tmp_path)
   assert relogconf["trained_stages"] == 1
+  # A runtime-only field (stage_keys.RUNTIME_ONLY) retrains nothing...
+  relogged = pipeline.run(tiny_config(assets, **{**eight, "train.log_every": 7, "train.checkpoint_every": 3,
+                                                 "report.min_gap_examples": 0.0}), tmp_path)
+  assert relogged["trained_stages"] == 0
+  # ...and every other field reaches the keys of the stages it affects: the head's init changes
+  # every fit (2 ground truths, 2 students), not a cached result.
+  reinit = pipeline.run(tiny_config(assets, **{**eight, "head_init": "zeros"}), tmp_path)
+  assert reinit["trained_stages"] == 4
 
 
 def test_pipeline_on_one_device_linear_probe_with_cached_features(assets, tmp_path):
@@ -91,6 +102,48 @@ def test_pipeline_on_one_device_linear_probe_with_cached_features(assets, tmp_pa
   check_outputs(tmp_path, n_runs=3)
   assert results["trained_stages"] == 2 + 2 + 3  # 2 feature caches, 2 ground truth, 3 students
   assert len(list((tmp_path / "stages").glob("features-*"))) == 2
+  # Every stage stores logits with the uids of their examples; metrics come from the logits.
+  for stage in (tmp_path / "stages").glob("weak_to_strong-*"):
+    with np.load(stage / "arrays.npz") as arrays:
+      assert {"test_logits", "test_uids", "half_b_logits", "half_b_uids"} <= set(arrays)
+      result = json.loads((stage / "result.json").read_text())
+      labels = np.array([json.loads(l)["label"] for l in open(assets["task"]) if json.loads(l)["split"] == "test"])
+      assert result["acc"] == pytest.approx(float(np.mean(arrays["test_logits"].argmax(-1) == labels)))
+
+
+def test_stage_arrays_are_joined_by_uid_and_a_mismatch_names_the_stage(assets, tmp_path):
+  config = tiny_config(assets, **{"mesh.data": 1, "mesh.fsdp": 1, "train.linear_probe": True, "losses": ("xent",)})
+  pipeline.run(config, tmp_path)
+  (weak_stage,) = [d for d in (tmp_path / "stages").glob("ground_truth-*")
+                   if json.loads((d / "result.json").read_text())["model"] == "weak"]
+  arrays = dict(np.load(weak_stage / "arrays.npz"))
+  arrays["half_b_uids"] = arrays["half_b_uids"][::-1].copy()  # the same examples, in another order
+  np.savez(weak_stage / "arrays.npz", **arrays)
+  with pytest.raises(UserError, match=f"stage {weak_stage.name}: its half B rows are for other examples"):
+    pipeline.run(config, tmp_path)
+
+
+def test_two_heads_of_equal_width_do_not_start_identical(assets, tmp_path):
+  """One seed per purpose: the head init stream differs per model, so the same checkpoint under two
+  names (equal width, same data, same batch order) does not give the same ground-truth model."""
+  config = tiny_config(assets, **{"mesh.data": 1, "mesh.fsdp": 1, "train.linear_probe": True, "losses": ("xent",),
+                                  "train.epochs": 1.0})
+  with config.unlocked():
+    config.models.twin = model(str(assets["weak"]), 3e-4)
+    config.model_order = ("weak", "twin")
+  pipeline.run(config, tmp_path)
+  logits = {}
+  for d in (tmp_path / "stages").glob("ground_truth-*"):
+    logits[json.loads((d / "result.json").read_text())["model"]] = np.load(d / "arrays.npz")["test_logits"]
+  assert not np.allclose(logits["weak"], logits["twin"], atol=1e-6)
+
+
+def test_auroc_ranks_by_the_logit_margin_not_saturated_probabilities():
+  # Margins of 20 and 30 both give p(class 1) == 1.0 in float32: ranked by probabilities they tie.
+  logits = np.array([[0.0, 30.0], [0.0, 20.0], [0.0, 25.0], [0.0, -1.0]], np.float32)
+  examples = [tasks.Example(uid=i, text="", label=y) for i, y in enumerate([1, 0, 1, 0])]
+  metrics = pipeline.Experiment.test_metrics(logits, examples)
+  assert metrics["auroc"] == 1.0 and metrics["acc"] == 0.75
 
 
 def test_main_reports_bad_input_in_one_line(assets, tmp_path):

@@ -3,6 +3,9 @@
 Config files in `configs/` start from `base()` and change what their experiment
 changes; `launch/main.py --config=configs/X.py --config.field=value` overrides any
 field. The returned ConfigDict is locked: a misspelt field is an error, not a no-op.
+
+Every field either enters the cache key of each stage it can affect or is runtime-only
+(logging, checkpoint intervals, W&B, mesh, report): `w2s_jax/stage_keys.py` says which.
 """
 
 import ml_collections
@@ -11,12 +14,27 @@ import ml_collections
 def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
   """One model of the sweep: a HF checkpoint (directory or hub id) and its learning rate.
 
-  Optional: microbatches (gradient accumulation), pooling ('last' | 'first' | 'mean';
-  default by architecture), dtype ('float32' | 'bfloat16'), remat (per-block activation checkpointing:
-  'none' | 'full' | 'dots_no_batch' | 'dots', see models.layers.REMAT_POLICIES), scan_layers
-  (the blocks as one nn.scan: one block compiled instead of L).
+  Every field exists with its default, so each is settable from the command line
+  (`--config.models.NAME.microbatches=4`):
+    microbatches: gradient accumulation inside the step (1: none);
+    pooling: 'last' | 'first' | 'mean'; None picks the architecture's default;
+    dtype: 'float32' | 'bfloat16';
+    remat: per-block activation checkpointing, 'none' | 'full' | 'dots_no_batch' | 'dots'
+      (models.layers.REMAT_POLICIES);
+    scan_layers: the blocks as one nn.scan (one block compiled instead of L).
   """
-  return ml_collections.ConfigDict(dict(checkpoint=checkpoint, lr=lr, **kw))
+  fields = dict(checkpoint=checkpoint, lr=lr, **MODEL_DEFAULTS)
+  unknown = set(kw) - set(fields)
+  if unknown:
+    raise ValueError(f"model(): unknown fields {sorted(unknown)}; known: {sorted(fields)}")
+  fields |= kw
+  # A None default needs a typed reference, or an override from the command line is refused.
+  if fields["pooling"] is None:
+    fields["pooling"] = ml_collections.FieldReference(None, field_type=str)
+  return ml_collections.ConfigDict(fields)
+
+
+MODEL_DEFAULTS = dict(microbatches=1, pooling=None, dtype="float32", remat="none", scan_layers=False)
 
 
 def base() -> ml_collections.ConfigDict:
@@ -26,7 +44,9 @@ def base() -> ml_collections.ConfigDict:
   c.n_test = 10_000
   c.balance = False         # balance classes when subsampling
   c.max_length = 1024       # longer texts are truncated (not dropped)
-  c.data_seed = ml_collections.FieldReference(None, field_type=int)  # None: the run's seed picks the subsample
+  # None: each run's seed picks its own subsample; an int: one example pool for every seed (each
+  # seed still draws its own A/B split, batch order and head init: w2s_jax/seeds.py).
+  c.data_seed = ml_collections.FieldReference(None, field_type=int)
 
   c.models = ml_collections.ConfigDict()  # name -> model(...)
   c.model_order = ()        # the models' names, weakest first (ConfigDict keys have no order)
@@ -38,7 +58,7 @@ def base() -> ml_collections.ConfigDict:
       product=dict(alpha=1.0, beta=1.0),
   ))
   c.hard_labels = False     # train students on argmax weak labels instead of soft ones
-  c.seeds = (0,)
+  c.seeds = (0,)            # each seed: its own subsample (unless data_seed), A/B split, batch order, head init
   c.head_init = "zeros"     # the paper's zero-initialised head; 'normal' is EleutherAI's
 
   c.train = ml_collections.ConfigDict(dict(
@@ -46,12 +66,21 @@ def base() -> ml_collections.ConfigDict:
       clip_norm=ml_collections.FieldReference(None, field_type=float),
       linear_probe=False,     # train only the head
       cache_features=True,    # with linear_probe: pooled features computed once per model
-      bucket=True,            # batch examples of similar length together
+      # Group examples of similar length into a batch: far less padding (9% vs 55% of a tweet
+      # epoch at batch 32), but it changes which rows share a batch; on the demo it lowered the
+      # student's test AUROC in 10 of 10 seeds with xent and 9 of 10 with logconf
+      # (docs/fidelity.md, section 6). Off by default: a speed option for padding-bound fine-tunes.
+      bucket=False,
       length_buckets=16,      # at most this many padded lengths (compiled shapes) per split, fitted to it
       length_multiple=1,      # padded lengths are multiples of this (8 or 128 may suit GPU/TPU tiles)
       log_every=10,
       checkpoint_every=200,   # orbax checkpoints every N steps and at the end; a rerun resumes
       keep_checkpoints=False,  # keep a finished stage's final checkpoint (else deleted: disk)
+  ))
+  c.report = ml_collections.ConfigDict(dict(
+      # PGR is undefined (null, "n/a") unless the ceiling beats the weak model by at least this
+      # many test examples: a gap of one or two examples is noise, and its ratio is meaningless.
+      min_gap_examples=10.0,
   ))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1 fills with the remaining devices
   c.wandb = ml_collections.ConfigDict(dict(

@@ -4,18 +4,23 @@ For each seed:
   1. the task's train set is split (seeded) into half A and half B;
   2. ground truth: every model of the sweep is fine-tuned on half A with ground-truth
      labels → its test metrics (the *weak* number when it supervises, the *strong
-     ceiling* when it is a student) and its soft labels on half B;
+     ceiling* when it is a student) and its logits on half B (the weak labels are their
+     softmax);
   3. weak-to-strong: for each (weak, strong) pair and loss, the strong model is
      fine-tuned on half B against the weak model's soft labels → test metrics;
-  4. PGR = (w2s − weak) / (strong ceiling − weak), on accuracy and AUROC.
+  4. PGR = (w2s − weak) / (strong ceiling − weak), on accuracy and AUROC (undefined
+     where the ceiling is not clearly above the weak model: `report.pgr`).
 A model's ground-truth run serves both roles (as in the paper code's `train_simple`).
-Every stage is cached under a hash of what determines it (`artifacts.py`): a rerun
-loads finished stages and resumes an unfinished one from its last checkpoint.
-With `linear_probe` and `cache_features`, each model's backbone runs once per
-example set (a `features` stage) and every fit trains only the head.
+Every stage is cached under a hash of what determines it (`artifacts.py`; which config
+fields enter which key: `stage_keys.py`): a rerun loads finished stages and resumes an
+unfinished one from its last checkpoint. Per-example arrays are stored with the examples'
+uids and joined by uid, never by position. With `linear_probe` and `cache_features`, each
+model's backbone runs once per example set (a `features` stage) and every fit trains only
+the head.
 """
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -25,29 +30,31 @@ import jax
 import ml_collections
 import numpy as np
 
-from w2s_jax import report, sharding
+from w2s_jax import report, seeds as seeds_lib, sharding, stage_keys
 from w2s_jax.artifacts import Stage, StageStore
 from w2s_jax.data import batching, splits, tasks
 from w2s_jax.errors import UserError
 from w2s_jax.models import checkpoints, layers
+from w2s_jax.stage_keys import StageConfig
 from w2s_jax.tracking import Tracker
 from w2s_jax.train import loop, losses as losses_lib, metrics as metrics_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """One model of the sweep, as the config names it."""
+  """One model of the sweep, as the config names it (config_base.model gives every field)."""
   name: str
   checkpoint: str
   lr: float
   microbatches: int = 1
   pooling: str | None = None
   dtype: str = "float32"
-  remat: bool | str = False  # 'none' | 'full' | 'dots_no_batch' | 'dots' (models.layers.REMAT_POLICIES)
+  remat: bool | str = "none"  # 'none' | 'full' | 'dots_no_batch' | 'dots' (models.layers.REMAT_POLICIES)
   scan_layers: bool = False  # one nn.scan over the blocks: compiles in a fraction of the time
 
-  def fingerprint(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+  @classmethod
+  def from_view(cls, name: str, view: StageConfig) -> "ModelSpec":
+    return cls(name=name, **view.under("model"))
 
 
 def model_specs(config: ml_collections.ConfigDict) -> dict[str, ModelSpec]:
@@ -83,26 +90,67 @@ def resolve_pairs(config: ml_collections.ConfigDict, names: list[str]) -> list[t
   return pairs
 
 
-def train_config(config: ml_collections.ConfigDict, model: ModelSpec, loss: str, seed: int) -> loop.TrainConfig:
-  t = config.train
-  loss_kwargs = tuple(sorted(config.loss_options.get(loss, {}).items())) if "loss_options" in config else ()
+def train_config(view: StageConfig, runtime: ml_collections.ConfigDict, model: ModelSpec, loss: str,
+                 seed: int) -> loop.TrainConfig:
+  """The loop's settings from a stage's keyed fields; only logging and checkpoint intervals come
+  from `runtime` (config.train), which cannot change the result."""
   return loop.TrainConfig(
-      batch_size=t.batch_size, microbatches=model.microbatches, epochs=t.epochs, lr=model.lr,
-      optimizer=t.optimizer, schedule=t.schedule, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-      clip_norm=t.clip_norm, loss=loss, loss_kwargs=loss_kwargs, linear_probe=t.linear_probe,
-      cache_features=t.cache_features, bucket=t.bucket, length_buckets=t.length_buckets,
-      length_multiple=t.length_multiple, log_every=t.log_every,
-      checkpoint_every=t.checkpoint_every, seed=seed)
+      batch_size=view["train.batch_size"], microbatches=model.microbatches, epochs=view["train.epochs"],
+      lr=model.lr, optimizer=view["train.optimizer"], schedule=view["train.schedule"],
+      warmup_steps=view["train.warmup_steps"], weight_decay=view["train.weight_decay"],
+      clip_norm=view["train.clip_norm"], loss=loss, loss_kwargs=tuple(sorted(view.under("loss_options").items())),
+      linear_probe=view["train.linear_probe"], cache_features=view["train.cache_features"],
+      bucket=view["train.bucket"], length_buckets=view["train.length_buckets"],
+      length_multiple=view["train.length_multiple"], log_every=runtime.log_every,
+      checkpoint_every=runtime.checkpoint_every, seed=seeds_lib.derive(seed, "batch_order"))
 
 
 def _task_fingerprint(task: str) -> str:
   """Users' files enter the cache key by content, so an edited file is never served stale results."""
   if task.startswith(("jsonl:", "csv:")):
-    import hashlib
     path = Path(task.split(":", 1)[1]).expanduser()
     if path.exists():
       return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
   return task
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".gguf", ".json")
+_SAMPLE = 1 << 16
+
+
+def checkpoint_fingerprint(checkpoint: str) -> str:
+  """A local checkpoint directory enters the key by content: a model retrained into the same
+  directory must not be served the old model's results.
+
+  Hashes every JSON file whole, and each weight file's size with 64 KiB read at its start,
+  middle and end (a few reads, not gigabytes; a retrained model changes every region).
+  Hub ids and `offline:` names are versioned by their source and enter as they are.
+  """
+  directory = Path(checkpoint).expanduser()
+  if not directory.is_dir():
+    return checkpoint
+  digest = hashlib.sha256()
+  for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+    size = path.stat().st_size
+    digest.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+      if path.suffix == ".json" or size <= 3 * _SAMPLE:
+        digest.update(f.read())
+        continue
+      for offset in (0, size // 2, size - _SAMPLE):
+        f.seek(offset)
+        digest.update(f.read(_SAMPLE))
+  return digest.hexdigest()[:16]
+
+
+def check_join(uids: np.ndarray, examples: list[tasks.Example], stage: Stage, what: str) -> None:
+  """Per-example arrays are joined by uid: a stage whose rows are not `examples` is one clear error."""
+  expected = np.array([e.uid for e in examples], np.int64)
+  if uids.shape != expected.shape or not np.array_equal(uids.astype(np.int64), expected):
+    raise UserError(f"stage {stage.directory.name}: its {what} rows are for other examples than this run's "
+                    f"({len(uids)} rows, {len(expected)} expected, first differing uid at row "
+                    f"{int(np.argmax(uids[:len(expected)] != expected[:len(uids)])) if len(uids) else 0}); "
+                    f"delete {stage.directory} or rerun with --force")
 
 
 class Experiment:
@@ -128,6 +176,9 @@ class Experiment:
                         "weakest first, e.g. 'gpt2>gpt2_medium>gpt2_large'")
     for loss in config.losses:
       losses_lib.get_loss(loss, **dict(config.loss_options.get(loss, {})))  # unknown loss: fail now
+    if not config.report.min_gap_examples >= 0:
+      raise UserError(f"config.report.min_gap_examples={config.report.min_gap_examples} must be >= 0 "
+                      "(test examples by which the ceiling must beat the weak model for PGR to be defined)")
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     self.store = StageStore(self.workdir)
     self.tracker = Tracker(self.workdir, config.to_dict(), mode=config.wandb.mode, project=config.wandb.project,
@@ -137,17 +188,15 @@ class Experiment:
     self.trained_stages = 0  # how many stages this process actually trained (0 on a cached rerun)
 
   # --- data -----------------------------------------------------------------------------------
-  def data_spec(self, seed: int) -> dict[str, Any]:
-    c = self.config
-    data_seed = seed if c.data_seed is None else c.data_seed
-    return {"task": c.task, "task_fingerprint": _task_fingerprint(c.task), "n_train": c.n_train,
-            "n_test": c.n_test, "balance": c.balance, "max_length": c.max_length, "data_seed": data_seed}
+  def subsample_seed(self, seed: int) -> int:
+    data_seed = self.config.data_seed
+    return seeds_lib.derive(seed if data_seed is None else data_seed, "subsample")
 
   def load_data(self, seed: int) -> tuple[tasks.TaskData, list[tasks.Example], list[tasks.Example]]:
-    spec = self.data_spec(seed)
-    task = tasks.load_task(self.config.task, n_train=self.config.n_train, n_test=self.config.n_test,
-                           seed=spec["data_seed"], balance=self.config.balance)
-    half_a, half_b = splits.split_halves(task.train, seed)
+    c = self.config
+    task = tasks.load_task(c.task, n_train=c.n_train, n_test=c.n_test, seed=self.subsample_seed(seed),
+                           balance=c.balance)
+    half_a, half_b = splits.split_halves(task.train, seeds_lib.derive(seed, "split"))
     return task, half_a, half_b
 
   def tokenizer(self, model: ModelSpec):
@@ -161,45 +210,53 @@ class Experiment:
       self._tokenizers[model.name] = tok
     return self._tokenizers[model.name]
 
-  def tokenize(self, model: ModelSpec, examples: list[tasks.Example]) -> batching.TokenizedSet:
-    return batching.tokenize(examples, self.tokenizer(model), self.config.max_length)
-
   def load(self, model: ModelSpec, **kwargs: Any) -> checkpoints.LoadedModel:
     """`model`'s checkpoint on the mesh with its runtime settings (dtype, remat, scan_layers, pooling)."""
     return checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
                                        scan_layers=model.scan_layers, pooling=model.pooling, **kwargs)
 
   # --- stages ---------------------------------------------------------------------------------
+  def stage(self, kind: str, *, model: str, loss: str | None = None, **extra: Any) -> tuple[Stage, StageConfig]:
+    """The stage of `kind` for `model` (and `loss`), and the view of the config fields in its key."""
+    values = stage_keys.config_values(self.config, kind, model=model, loss=loss)
+    spec = {"version": stage_keys.VERSIONS[kind], "config": values, "model_name": model,
+            "task_fingerprint": _task_fingerprint(self.config.task),
+            "checkpoint_fingerprint": checkpoint_fingerprint(self.models[model].checkpoint), **extra}
+    if loss is not None:
+      spec["loss"] = loss
+    return self.store.stage(kind, spec), StageConfig(kind, values)
+
   def features(self, model: ModelSpec, seed: int, task: tasks.TaskData) -> dict[str, np.ndarray]:
     """Pooled features of every train and test example (the frozen backbone runs once per model)."""
-    # Only what changes the features: not the learning rate or the gradient accumulation.
-    spec = {"model": {k: model.fingerprint()[k] for k in ("checkpoint", "pooling", "dtype")},
-            "data": self.data_spec(seed)}
-    stage = self.store.stage("features", spec)
+    stage, view = self.stage("features", model=model.name, subsample_seed=self.subsample_seed(seed))
     if stage.key in self._features:
       return self._features[stage.key]
     cached = self._load_or_clear(stage)
     if cached is not None:
-      self._features[stage.key] = cached[1]
-      return cached[1]
-    loaded = self.load(model)
-    pad_id = self.tokenizer(model).pad_token_id
-    # One pass over train and test together: one jitted function, one compile per length bucket.
-    data = self.tokenize(model, [*task.train, *task.test])
-    feats = loop.features(loaded, loaded.params, data, self.mesh, batch_size=self.config.train.batch_size,
-                          pad_id=pad_id, desc=f"features {model.name}")
-    n = len(task.train)
-    arrays = {"train_features": feats[:n], "train_uids": data.uids[:n],
-              "test_features": feats[n:], "test_uids": data.uids[n:]}
-    stage.save({"model": model.name, "n_train": len(task.train), "n_test": len(task.test)}, arrays)
-    self.trained_stages += 1
+      arrays = cached[1]
+    else:
+      loaded = self.load(model)
+      pad_id = self.tokenizer(model).pad_token_id
+      # One pass over train and test together: one jitted function, one compile per length bucket.
+      data = batching.tokenize([*task.train, *task.test], self.tokenizer(model), view["max_length"])
+      feats = loop.features(loaded, loaded.params, data, self.mesh, batch_size=view["train.batch_size"],
+                            pad_id=pad_id, length_buckets=view["train.length_buckets"],
+                            length_multiple=view["train.length_multiple"], desc=f"features {model.name}")
+      n = len(task.train)
+      arrays = {"train_features": feats[:n], "train_uids": data.uids[:n], "train_lengths": data.lengths[:n],
+                "test_features": feats[n:], "test_uids": data.uids[n:], "test_lengths": data.lengths[n:]}
+      stage.save({"model": model.name, "n_train": len(task.train), "n_test": len(task.test)}, arrays)
+      self.trained_stages += 1
+    check_join(arrays["train_uids"], task.train, stage, "train features")
+    check_join(arrays["test_uids"], task.test, stage, "test features")
     self._features[stage.key] = arrays
     return arrays
 
-  def fit(self, stage: Stage, name: str, model: ModelSpec, cfg: loop.TrainConfig, seed: int,
-          task: tasks.TaskData, train_examples: list[tasks.Example], targets: np.ndarray,
+  def fit(self, stage: Stage, view: StageConfig, name: str, model: ModelSpec, cfg: loop.TrainConfig,
+          seed: int, task: tasks.TaskData, train_examples: list[tasks.Example], targets: np.ndarray,
           predict_on: dict[str, list[tasks.Example]]) -> dict[str, np.ndarray]:
-    """Train `model` on examples against soft targets; class probabilities on each `predict_on` set."""
+    """Train `model` on examples against soft targets; class logits on each `predict_on` set."""
+    head_seed = seeds_lib.derive(seed, "head_init", stage.kind, model.name)
     with self.tracker.stage(name, stage.spec) as log:
       labels = np.array([e.label for e in train_examples], np.int32)
       if cfg.linear_probe and cfg.cache_features:
@@ -207,22 +264,27 @@ class Experiment:
         lookup = {("train", int(u)): i for i, u in enumerate(feats["train_uids"])}
         lookup |= {("test", int(u)): i for i, u in enumerate(feats["test_uids"])}
 
-        def rows(examples, split):
-          return feats[f"{split}_features"][[lookup[(split, e.uid)] for e in examples]]
+        def rows(examples, split, what="features"):
+          return feats[f"{split}_{what}"][[lookup[(split, e.uid)] for e in examples]]
 
-        head = checkpoints.head_only(model.checkpoint, self.mesh, pooling=model.pooling, seed=seed,
-                                     head_init=self.config.head_init, d_model=feats["train_features"].shape[-1])
+        head = checkpoints.head_only(model.checkpoint, self.mesh, pooling=model.pooling, seed=head_seed,
+                                     head_init=view["head_init"], d_model=feats["train_features"].shape[-1])
         params = loop.train_head(head, rows(train_examples, "train"), labels, self.mesh, cfg, targets=targets,
+                                 lengths=rows(train_examples, "train", "lengths"),
                                  checkpoint_dir=stage.checkpoint_dir, log=log, desc=name)
-        return {k: loop.predict_from_features(head, params, rows(ex, "test" if k == "test" else "train"))
+        return {k: loop.logits_from_features(head, params, rows(ex, "test" if k == "test" else "train"))
                 for k, ex in predict_on.items()}
-      loaded = self.load(model, seed=seed, head_init=self.config.head_init)
+      loaded = self.load(model, seed=head_seed, head_init=view["head_init"])
       pad_id = self.tokenizer(model).pad_token_id
-      data = self.tokenize(model, train_examples)
-      params = loop.train(loaded, data, self.mesh, cfg, targets=targets, pad_id=pad_id,
+
+      def tokenize(examples):
+        return batching.tokenize(examples, self.tokenizer(model), view["max_length"])
+
+      params = loop.train(loaded, tokenize(train_examples), self.mesh, cfg, targets=targets, pad_id=pad_id,
                           checkpoint_dir=stage.checkpoint_dir, log=log, desc=name)
-      return {k: loop.predict(loaded, params, self.tokenize(model, ex), self.mesh,
-                              batch_size=self.config.train.batch_size, pad_id=pad_id, desc=f"{name}: {k}")
+      return {k: loop.predict_logits(loaded, params, tokenize(ex), self.mesh, batch_size=cfg.batch_size,
+                                     pad_id=pad_id, length_buckets=cfg.length_buckets,
+                                     length_multiple=cfg.length_multiple, desc=f"{name}: {k}")
               for k, ex in predict_on.items()}
 
   def _load_or_clear(self, stage: Stage) -> tuple[dict, dict] | None:
@@ -232,26 +294,35 @@ class Experiment:
       stage.clear()
     return None
 
+  def _save_predictions(self, stage: Stage, result: dict[str, Any], logits: dict[str, np.ndarray],
+                        examples: dict[str, list[tasks.Example]]) -> dict[str, np.ndarray]:
+    """Logits of each example set with the examples' uids (joined by uid when read back)."""
+    arrays = {}
+    for k, v in logits.items():
+      arrays[f"{k}_logits"] = v.astype(np.float32)
+      arrays[f"{k}_uids"] = np.array([e.uid for e in examples[k]], np.int64)
+    stage.save(result, arrays, keep_checkpoints=self.config.train.keep_checkpoints)
+    self.trained_stages += 1
+    return arrays
+
   def ground_truth(self, name: str, seed: int, task, half_a, half_b) -> tuple[Stage, dict, dict]:
-    """Model `name` fine-tuned on half A ground truth: its test metrics and soft labels on half B."""
-    model = self.models[name]
-    cfg = train_config(self.config, model, "xent", seed)
-    spec = {"data": self.data_spec(seed), "seed": seed, "model": model.fingerprint(),
-            "train": dataclasses.asdict(cfg), "trained_on": "half_a_ground_truth"}
-    stage = self.store.stage("ground_truth", spec)
+    """Model `name` fine-tuned on half A ground truth: its test metrics and logits on half B."""
+    stage, view = self.stage("ground_truth", model=name, seed=seed, trained_on="half_a_ground_truth")
+    model = ModelSpec.from_view(name, view)
     cached = self._load_or_clear(stage)
     if cached is not None:
-      return stage, *cached
-    targets = np.eye(2, dtype=np.float32)[[e.label for e in half_a]]
-    probs = self.fit(stage, f"ground_truth:{name}:seed{seed}", model, cfg, seed, task, half_a, targets,
-                     {"test": task.test, "half_b": half_b})
-    result = {"model": name, "seed": seed, **self.test_metrics(probs["test"], task.test)}
-    stage.save(result, {"test_probs": probs["test"], "half_b_probs": probs["half_b"],
-                        "test_uids": np.array([e.uid for e in task.test]),
-                        "half_b_uids": np.array([e.uid for e in half_b])},
-               keep_checkpoints=self.config.train.keep_checkpoints)
-    self.trained_stages += 1
-    return stage, result, {"test_probs": probs["test"], "half_b_probs": probs["half_b"]}
+      result, arrays = cached
+    else:
+      cfg = train_config(view, self.config.train, model, "xent", seed)
+      targets = np.eye(2, dtype=np.float32)[[e.label for e in half_a]]
+      predict_on = {"test": task.test, "half_b": half_b}
+      logits = self.fit(stage, view, f"ground_truth:{name}:seed{seed}", model, cfg, seed, task, half_a, targets,
+                        predict_on)
+      result = {"model": name, "seed": seed, **self.test_metrics(logits["test"], task.test)}
+      arrays = self._save_predictions(stage, result, logits, predict_on)
+    check_join(arrays["test_uids"], task.test, stage, "test")
+    check_join(arrays["half_b_uids"], half_b, stage, "half B")
+    return stage, result, arrays
 
   def weak_to_strong(self, weak: str, strong: str, loss: str, seed: int, task, half_b,
                      weak_stage: Stage, weak_arrays: dict) -> tuple[Stage, dict[str, Any], dict[str, np.ndarray]]:
@@ -261,29 +332,34 @@ class Experiment:
     previous student's stage. The student also labels half B: the next model of a chain
     trains on those labels (the paper's bootstrapping).
     """
-    model = self.models[strong]
-    cfg = train_config(self.config, model, loss, seed)
-    spec = {"weak_stage": weak_stage.key, "seed": seed, "model": model.fingerprint(),
-            "train": dataclasses.asdict(cfg), "hard_labels": self.config.hard_labels,
-            "trained_on": "half_b_weak_labels"}
-    stage = self.store.stage("weak_to_strong", spec)
+    stage, view = self.stage("weak_to_strong", model=strong, loss=loss, seed=seed, weak_stage=weak_stage.key,
+                             trained_on="half_b_weak_labels")
+    model = ModelSpec.from_view(strong, view)
+    check_join(weak_arrays["half_b_uids"], half_b, weak_stage, "half B weak labels")
+    check_join(weak_arrays["test_uids"], task.test, weak_stage, "test")
     cached = self._load_or_clear(stage)
     if cached is not None:
-      return stage, *cached
-    targets = weak_arrays["half_b_probs"].astype(np.float32)
-    if self.config.hard_labels:
-      targets = np.eye(2, dtype=np.float32)[targets.argmax(-1)]
-    probs = self.fit(stage, f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", model, cfg, seed, task,
-                     half_b, targets, {"test": task.test, "half_b": half_b})
-    weak_test = weak_arrays["test_probs"]
-    result = {"weak": weak, "strong": strong, "loss": loss, "seed": seed,
-              **self.test_metrics(probs["test"], task.test),
-              # student-supervisor agreement on the test set (the paper's measure of imitation)
-              "agreement": float((probs["test"].argmax(-1) == weak_test.argmax(-1)).mean())}
-    arrays = {f"{k}_probs": v for k, v in probs.items()}
-    stage.save(result, arrays, keep_checkpoints=self.config.train.keep_checkpoints)
-    self.trained_stages += 1
+      result, arrays = cached
+    else:
+      cfg = train_config(view, self.config.train, model, loss, seed)
+      targets = loop.softmax(weak_arrays["half_b_logits"])
+      if view["hard_labels"]:
+        targets = np.eye(2, dtype=np.float32)[targets.argmax(-1)]
+      predict_on = {"test": task.test, "half_b": half_b}
+      logits = self.fit(stage, view, f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", model, cfg, seed,
+                        task, half_b, targets, predict_on)
+      weak_test = weak_arrays["test_logits"]
+      result = {"weak": weak, "strong": strong, "loss": loss, "seed": seed,
+                **self.test_metrics(logits["test"], task.test),
+                # student-supervisor agreement on the test set (the paper's measure of imitation)
+                "agreement": float((logits["test"].argmax(-1) == weak_test.argmax(-1)).mean())}
+      arrays = self._save_predictions(stage, result, logits, predict_on)
+    check_join(arrays["test_uids"], task.test, stage, "test")
+    check_join(arrays["half_b_uids"], half_b, stage, "half B")
     return stage, result, arrays
+
+  def min_gap(self, n_test: int) -> float:
+    return report.min_gap(n_test, self.config.report.min_gap_examples)
 
   def chain(self, names: list[str], loss: str, seed: int, task, half_b,
             gt: dict[str, tuple]) -> dict[str, Any]:
@@ -299,18 +375,22 @@ class Experiment:
       steps.append({"student": strong, "acc": result["acc"], "auroc": result["auroc"]})
     weak_result, strong_result = gt[names[0]][1], gt[names[-1]][1]
     direct = self.weak_to_strong(names[0], names[-1], loss, seed, task, half_b, *gt[names[0]][::2])[1]
+    gap = self.min_gap(result["n_test"])
     return {"chain": ">".join(names), "loss": loss, "seed": seed, "steps": steps,
             "weak_acc": weak_result["acc"], "strong_acc": strong_result["acc"], "w2s_acc": result["acc"],
-            "direct_w2s_acc": direct["acc"],
-            "pgr": report.pgr(weak_result["acc"], result["acc"], strong_result["acc"]),
-            "direct_pgr": report.pgr(weak_result["acc"], direct["acc"], strong_result["acc"])}
+            "direct_w2s_acc": direct["acc"], "n_test": result["n_test"],
+            "pgr": report.pgr(weak_result["acc"], result["acc"], strong_result["acc"], min_gap=gap),
+            "direct_pgr": report.pgr(weak_result["acc"], direct["acc"], strong_result["acc"], min_gap=gap)}
 
   @staticmethod
-  def test_metrics(probs: np.ndarray, examples: list[tasks.Example]) -> dict[str, float]:
+  def test_metrics(logits: np.ndarray, examples: list[tasks.Example]) -> dict[str, float]:
+    """Accuracy, and AUROC ranked by the logit margin (float32 probabilities tie at 1.0 once a
+    model is confident, which pulls AUROC toward 0.5)."""
     labels = np.array([e.label for e in examples], np.int32)
     weight = np.ones(len(labels), np.float32)
-    return {"acc": float(metrics_lib.accuracy(probs, labels, weight)),
-            "auroc": float(metrics_lib.roc_auc(probs[:, 1], labels, weight)), "n_test": int(len(labels))}
+    margin = logits[:, 1].astype(np.float32) - logits[:, 0].astype(np.float32)
+    return {"acc": float(metrics_lib.accuracy(logits, labels, weight)),
+            "auroc": float(metrics_lib.roc_auc(margin, labels, weight)), "n_test": int(len(labels))}
 
   # --- the sweep ------------------------------------------------------------------------------
   def run(self) -> dict[str, Any]:
@@ -330,21 +410,25 @@ class Experiment:
         strong_result = gt[strong][1]
         for loss in self.config.losses:
           w2s = self.weak_to_strong(weak, strong, loss, seed, task, half_b, weak_stage, weak_arrays)[1]
+          gap = self.min_gap(w2s["n_test"])
           runs.append({
               "weak": weak, "strong": strong, "loss": loss, "seed": seed,
               "weak_acc": weak_result["acc"], "strong_acc": strong_result["acc"], "w2s_acc": w2s["acc"],
-              "pgr": report.pgr(weak_result["acc"], w2s["acc"], strong_result["acc"]),
+              "pgr": report.pgr(weak_result["acc"], w2s["acc"], strong_result["acc"], min_gap=gap),
               "weak_auroc": weak_result["auroc"], "strong_auroc": strong_result["auroc"],
               "w2s_auroc": w2s["auroc"],
-              "pgr_auroc": report.pgr(weak_result["auroc"], w2s["auroc"], strong_result["auroc"]),
+              "pgr_auroc": report.pgr(weak_result["auroc"], w2s["auroc"], strong_result["auroc"], min_gap=gap),
               "agreement": w2s["agreement"], "n_test": w2s["n_test"],
           })
           self.tracker.summary(f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", runs[-1])
       for names in self.chains:
         for loss in self.config.losses:
           chains.append(self.chain(names, loss, seed, task, half_b, gt))
+    min_gap_examples = self.config.report.min_gap_examples
     results = {"task": self.config.task, "model_order": self.names, "runs": runs,
                "summary": report.summarize(runs),
+               "oai_summary": report.summarize_oai(runs, min_gap_examples=min_gap_examples),
+               "min_gap_examples": min_gap_examples,
                "chains": chains, "chain_summary": report.summarize_chains(chains), "wall_s": time.time() - start,
                "trained_stages": self.trained_stages, "workdir": str(self.workdir)}
     if jax.process_index() == 0:

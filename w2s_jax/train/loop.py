@@ -1,8 +1,9 @@
 """The training loop and the batched inference that every stage of the protocol is made of.
 
-`train` fine-tunes a Classifier on (tokenized examples, soft targets); `predict`
-gives class probabilities in data order (weak labels, test metrics); `features`
-gives pooled features (the cached linear probe trains its head on them).
+`train` fine-tunes a Classifier on (tokenized examples, soft targets); `predict_logits`
+gives class logits in data order (weak labels are their softmax; test AUROC ranks by their
+margin, which float32 probabilities would tie once a model is confident); `features` gives
+pooled features (the cached linear probe trains its head on them).
 The loop never waits on the device between steps: metrics are fetched every
 `log_every` steps, batches are prefetched onto the devices one step ahead.
 """
@@ -20,7 +21,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from w2s_jax import sharding
-from w2s_jax.data.batching import TokenizedSet, batches, split_boundaries
+from w2s_jax.data.batching import TokenizedSet, batch_order, batches, split_boundaries
 from w2s_jax.errors import UserError
 from w2s_jax.models.checkpoints import LoadedModel
 from w2s_jax.train import losses, optim, state as state_lib, steps
@@ -41,7 +42,7 @@ class TrainConfig:
   loss_kwargs: tuple[tuple[str, Any], ...] = ()
   linear_probe: bool = False    # train only the head
   cache_features: bool = True   # linear probe: compute pooled features once, train the head on them
-  bucket: bool = True           # group examples of similar length into batches
+  bucket: bool = False          # group examples of similar length into batches (config_base: why off)
   length_buckets: int = 16      # at most this many padded lengths (compiles) per split, fitted to it
   length_multiple: int = 1      # padded lengths are multiples of this
   log_every: int = 10
@@ -64,13 +65,20 @@ def _prefetch(iterator: Iterator[dict[str, np.ndarray]], mesh: Mesh, size: int =
 
 
 def _feature_batches(features: np.ndarray, labels: np.ndarray, targets: np.ndarray, batch_size: int, *,
-                     seed: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled fixed-size batches of cached features; the last one padded with weight-0 rows."""
+                     seed: int, epoch: int, lengths: np.ndarray | None = None,
+                     bucket: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled fixed-size batches of cached features; the last one padded with weight-0 rows.
+
+  With `bucket` and the examples' token `lengths`, rows meet in batches exactly as the
+  fine-tuning path's length-bucketed batches would group them (`batch_order`): features
+  need no padding, but which rows share a batch changes batch-level losses (logconf's
+  threshold), so `train.bucket` means the same on both paths.
+  """
   n = len(features)
-  order = np.random.default_rng([seed, epoch]).permutation(n)
+  if lengths is None:
+    lengths, bucket = np.zeros(n, np.int64), False
   process, count = jax.process_index(), jax.process_count()
-  for start in range(0, n, batch_size):
-    rows = order[start:start + batch_size]
+  for rows in batch_order(np.asarray(lengths), batch_size, shuffle=True, seed=seed, epoch=epoch, bucket=bucket):
     pad = batch_size - len(rows)
     idx = np.concatenate([rows, np.zeros(pad, np.int64)])
     weight = np.concatenate([np.ones(len(rows), np.float32), np.zeros(pad, np.float32)])
@@ -101,9 +109,10 @@ def train(model: LoadedModel, data: TokenizedSet, mesh: Mesh, cfg: TrainConfig, 
   """
   if cfg.linear_probe and cfg.cache_features:
     cached = features(model, model.params, data, mesh, batch_size=cfg.batch_size, pad_id=pad_id,
+                      length_buckets=cfg.length_buckets, length_multiple=cfg.length_multiple,
                       desc=f"{desc}: caching features")
-    return train_head(model, cached, data.labels, mesh, cfg, targets=targets, checkpoint_dir=checkpoint_dir,
-                      log=log, desc=desc)
+    return train_head(model, cached, data.labels, mesh, cfg, targets=targets, lengths=data.lengths,
+                      checkpoint_dir=checkpoint_dir, log=log, desc=desc)
 
   # The padded lengths depend on the split alone: fitted once, not once per epoch.
   boundaries = split_boundaries(data.lengths, cfg.batch_size, cfg.length_buckets, cfg.length_multiple)
@@ -118,18 +127,21 @@ def train(model: LoadedModel, data: TokenizedSet, mesh: Mesh, cfg: TrainConfig, 
 
 
 def train_head(model: LoadedModel, cached_features: np.ndarray, labels: np.ndarray, mesh: Mesh,
-               cfg: TrainConfig, *, targets: np.ndarray | None = None, checkpoint_dir: Path | None = None,
-               log: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train head") -> Any:
+               cfg: TrainConfig, *, targets: np.ndarray | None = None, lengths: np.ndarray | None = None,
+               checkpoint_dir: Path | None = None, log: Callable[[int, dict[str, float]], None] | None = None,
+               desc: str = "train head") -> Any:
   """Train only the head on cached pooled features [N, D] (the fast linear probe).
 
-  `model.params` needs only the head: the backbone is never run here.
+  `model.params` needs only the head: the backbone is never run here. `lengths` [N] are the
+  examples' token counts: with `cfg.bucket`, batches group similar lengths as in `train`.
   """
   cfg = dataclasses.replace(cfg, linear_probe=True, microbatches=1)
   if targets is None:
     targets = np.eye(model.module.num_labels, dtype=np.float32)[labels]
 
   def epoch_batches(epoch: int):
-    return _feature_batches(cached_features, labels, targets, cfg.batch_size, seed=cfg.seed, epoch=epoch)
+    return _feature_batches(cached_features, labels, targets, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                            lengths=lengths, bucket=cfg.bucket)
 
   return _run(model, epoch_batches, len(labels), mesh, cfg, on_features=True, checkpoint_dir=checkpoint_dir,
               log=log, desc=desc)
@@ -179,10 +191,15 @@ def _run(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, n
     step += 1
     pending.append(metrics)
     bar.update(1)
+    save = manager is not None and (step == n_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0))
     if step % cfg.log_every == 0 or step == n_steps:
       _flush(pending, step, log, desc)
       pending = []
-    if manager is not None and (step == n_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+    elif save:
+      # Never checkpoint a NaN state: every loss since the last log is checked before a save
+      # (a resumed run would otherwise start from poisoned parameters).
+      _check_finite(jax.device_get([m["loss"] for m in pending]), step, desc)
+    if save:
       manager.save(step, args=ocp.args.StandardSave(state), force=True)
   bar.close()
   if manager is not None:
@@ -191,25 +208,32 @@ def _run(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, n
   return state.params
 
 
-def _flush(pending: list[dict[str, jax.Array]], step: int, log, desc: str) -> None:
-  """Fetch queued step metrics (the only host sync of the loop); stop on a NaN loss."""
-  fetched = jax.device_get(pending)
-  first_step = step - len(fetched) + 1
-  for i, m in enumerate(fetched):
-    if not np.isfinite(m["loss"]):
-      raise UserError(f"{desc}: the loss became {m['loss']} at step {first_step + i}; lower the learning "
+def _check_finite(losses: list[Any], step: int, desc: str) -> None:
+  """Stop on the first NaN/inf among the losses of steps step - len(losses) + 1 … step."""
+  first_step = step - len(losses) + 1
+  for i, loss in enumerate(losses):
+    if not np.isfinite(loss):
+      raise UserError(f"{desc}: the loss became {loss} at step {first_step + i}; lower the learning "
                       "rate or use dtype=float32 (checkpoints saved before this step are kept)")
+
+
+def _flush(pending: list[dict[str, jax.Array]], step: int, log, desc: str) -> None:
+  """Fetch queued step metrics (the only host sync of the loop besides saves); stop on a NaN loss."""
+  fetched = jax.device_get(pending)
+  _check_finite([m["loss"] for m in fetched], step, desc)
   if log is not None:
     mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
     log(step, mean)
 
 
 def _inference(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int,
-               pad_id: int, features_only: bool, desc: str) -> np.ndarray:
+               pad_id: int, features_only: bool, desc: str, length_buckets: int = 16,
+               length_multiple: int = 1) -> np.ndarray:
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   eval_step = steps.make_eval_step(model.module, mesh, param_shardings, features_only=features_only)
   out: np.ndarray | None = None
   stream = batches(data, batch_size, shuffle=False, seed=0, bucket=True, pad_id=pad_id,
+                   length_buckets=length_buckets, length_multiple=length_multiple,
                    process_index=jax.process_index(), process_count=jax.process_count())
   n_batches = math.ceil(len(data.labels) / batch_size)
   results = []
@@ -224,21 +248,29 @@ def _inference(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, 
   return out
 
 
-def predict(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int = 32,
-            pad_id: int = 0, desc: str = "predict") -> np.ndarray:
-  """Class probabilities [N, C] float32, in the order of `data`."""
+def predict_logits(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int = 32,
+                   pad_id: int = 0, length_buckets: int = 16, length_multiple: int = 1,
+                   desc: str = "predict") -> np.ndarray:
+  """Class logits [N, C] float32, in the order of `data` (`softmax` gives the probabilities)."""
   return _inference(model, params, data, mesh, batch_size=batch_size, pad_id=pad_id, features_only=False,
-                    desc=desc)
+                    length_buckets=length_buckets, length_multiple=length_multiple, desc=desc)
 
 
 def features(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int = 32,
-             pad_id: int = 0, desc: str = "features") -> np.ndarray:
+             pad_id: int = 0, length_buckets: int = 16, length_multiple: int = 1,
+             desc: str = "features") -> np.ndarray:
   """Pooled features [N, D] float32, in the order of `data`."""
   return _inference(model, params, data, mesh, batch_size=batch_size, pad_id=pad_id, features_only=True,
-                    desc=desc)
+                    length_buckets=length_buckets, length_multiple=length_multiple, desc=desc)
 
 
-def predict_from_features(model: LoadedModel, params: Any, cached: np.ndarray) -> np.ndarray:
-  """Class probabilities from cached features (the head alone: cheap, on one host)."""
-  logits = model.module.apply({"params": params}, cached, method="classify")
-  return np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
+def logits_from_features(model: LoadedModel, params: Any, cached: np.ndarray) -> np.ndarray:
+  """Class logits [N, C] float32 from cached features (the head alone: cheap, on one host)."""
+  return np.asarray(model.module.apply({"params": params}, cached, method="classify"), np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Class probabilities [N, C] float32 of logits [N, C] (max-subtracted: no overflow)."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(-1, keepdims=True))
+  return (z / z.sum(-1, keepdims=True)).astype(np.float32)

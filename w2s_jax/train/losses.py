@@ -16,6 +16,19 @@ which it is:
   * `progress` is the fraction of training done, a traced f32 scalar in [0, 1], so that
     schedules of a loss's own coefficients (logconf's alpha) work inside `jax.jit`.
 
+Batch statistics. A loss whose value depends on statistics of the whole global batch
+(logconf's threshold) declares them in `BATCH_STATISTICS`:
+
+    stats_fn(logits [B, C], targets [B, C], weight [B], progress, **options) -> dict[str, array]
+
+and accepts them as `fn(..., stats=stats)`; without `stats` it computes them from its
+own rows, so a direct call and a step without accumulation are unchanged. With
+gradient accumulation the train step computes them once from the logits of the whole
+batch (a forward pass without gradients) and hands them to every microbatch's call, so
+that the accumulated loss is exactly one call on the whole batch. Statistics carry no
+gradient. `get_loss` returns a `Loss` that bundles both; losses without statistics
+(xent, xent_hard, product) declare none and cost no extra forward pass.
+
 All arithmetic is float32 whatever the logits' dtype: the losses are cheap, and the
 logconf quantile and the product's normalisation are fragile in bfloat16.
 
@@ -24,6 +37,7 @@ Reference: Burns et al. 2023 and its code (github openai/weak-to-strong,
 says so.
 """
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
@@ -34,6 +48,7 @@ import jax.numpy as jnp
 from w2s_jax.errors import UserError
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+StatsFn = Callable[..., dict[str, jax.Array]]
 
 ALPHA_SCHEDULES = ("linear", "oai_jump")
 
@@ -125,8 +140,19 @@ def masked_quantile(values: jax.Array, q: jax.Array, real: jax.Array) -> jax.Arr
   return jnp.where(hi > lo, v_lo + (position - lo) * (v_hi - v_lo), v_lo)
 
 
-def harden_by_weak_prior(probs: jax.Array, targets: jax.Array,
-                         weight: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def weak_prior_threshold(probs: jax.Array, targets: jax.Array, weight: jax.Array) -> dict[str, jax.Array]:
+  """Binary: what `harden_by_weak_prior` needs from the batch, over its real rows.
+
+    weak_class1_mean = sum_i w_i t_i1 / sum_i w_i
+    threshold        = quantile of {p_i0 : w_i > 0} at q = weak_class1_mean
+  """
+  weak_class1_mean = _masked_mean(targets[:, 1].astype(jnp.float32), weight)
+  threshold = masked_quantile(probs[:, 0].astype(jnp.float32), weak_class1_mean, weight > 0)
+  return {"threshold": threshold, "weak_class1_mean": weak_class1_mean}
+
+
+def harden_by_weak_prior(probs: jax.Array, targets: jax.Array, weight: jax.Array,
+                         stats: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Binary: the student's predictions hardened so that their class balance is the weak labels'.
 
   threshold = quantile of the student's p(class 0) over the batch's real rows, at
@@ -136,23 +162,42 @@ def harden_by_weak_prior(probs: jax.Array, targets: jax.Array,
   `torch.quantile(preds[:, 0], mean_weak[1])`; at q = 1 the row with the largest
   p(class 0) still becomes class 0).
 
-  Returns the hardened one-hot rows [batch, 2] and diagnostics.
+  stats: `weak_prior_threshold` of a larger batch these rows belong to (the whole
+    global batch under gradient accumulation); None = of these rows.
+
+  Returns the hardened one-hot rows [batch, 2] and diagnostics (`hardened_class1_frac`
+  is over these rows).
   """
-  real = weight > 0
-  weak_class1_mean = _masked_mean(targets[:, 1].astype(jnp.float32), weight)
-  threshold = masked_quantile(probs[:, 0], weak_class1_mean, real)
-  is_class1 = probs[:, 0] < threshold  # [batch]
+  if stats is None:
+    stats = weak_prior_threshold(probs, targets, weight)
+  is_class1 = probs[:, 0] < stats["threshold"]  # [batch]
   hardened = jax.nn.one_hot(is_class1.astype(jnp.int32), 2, dtype=jnp.float32)
   aux = {
-      "threshold": threshold,
-      "weak_class1_mean": weak_class1_mean,
+      "threshold": stats["threshold"],
+      "weak_class1_mean": stats["weak_class1_mean"],
       "hardened_class1_frac": _masked_mean(is_class1.astype(jnp.float32), weight),
   }
   return hardened, aux
 
 
+def logconf_batch_statistics(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+                             progress: jax.Array | float = 0.0, **options) -> dict[str, jax.Array]:
+  """logconf's batch statistics: the threshold and the weak class-1 mean (binary), else none.
+
+  More than two classes harden by argmax, row by row, and need nothing from the batch,
+  so the result is {} and the train step skips the extra forward pass. `progress` and
+  the loss's `options` (alpha_max, …) do not enter.
+  """
+  del progress, options
+  if logits.shape[-1] != 2:
+    return {}
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # [batch, 2]
+  return weak_prior_threshold(probs, targets.astype(jnp.float32), weight)
+
+
 def logconf(logits: jax.Array, targets: jax.Array, weight: jax.Array,
-            progress: jax.Array | float, *, alpha_max: float = 0.5, warmup_frac: float = 0.1,
+            progress: jax.Array | float, *, stats: dict[str, jax.Array] | None = None,
+            alpha_max: float = 0.5, warmup_frac: float = 0.1,
             schedule: str = "linear") -> tuple[jax.Array, dict[str, jax.Array]]:
   """The auxiliary confidence loss: cross-entropy against a mix of weak labels and own beliefs.
 
@@ -160,15 +205,19 @@ def logconf(logits: jax.Array, targets: jax.Array, weight: jax.Array,
     target = (1 - alpha) * weak + alpha * stop_gradient(hardened(softmax(z)))
     loss   = sum_i w_i * ( -sum_c target_ic log softmax(z_i)_c ) / sum_i w_i
 
-  Binary tasks: `hardened` is `harden_by_weak_prior` (OAI's per-batch threshold).
+  Binary tasks: `hardened` is `harden_by_weak_prior`, with the threshold and the weak
+  class-1 mean taken over the whole global batch, as OAI (which stacks the logits of
+  all minibatches and calls the loss once), whatever the microbatching: the train step
+  computes them with `logconf_batch_statistics` on the whole batch and passes them as
+  `stats`, and each microbatch hardens its own rows against them. stats=None: they
+  are computed from these rows (the whole batch when there is one microbatch).
   More than two classes (our extension; OAI asserts binary): `hardened` is the
   one-hot argmax of the student's prediction, since no single class-1 mass exists to
-  match.
+  match; no statistics are needed.
 
   Deliberate differences from OAI: alpha warms up linearly to alpha_max by default
   (schedule="oai_jump" reproduces OAI); the threshold and the weak mean use only the
-  real rows of a padded batch. The threshold is computed per call, so with gradient
-  accumulation it is per microbatch, as in OAI (which thresholds each minibatch).
+  real rows of a padded batch.
   """
   logits = logits.astype(jnp.float32)
   targets = targets.astype(jnp.float32)
@@ -177,7 +226,9 @@ def logconf(logits: jax.Array, targets: jax.Array, weight: jax.Array,
   probs = jax.nn.softmax(logits, axis=-1)  # [batch, classes]
   num_classes = logits.shape[-1]
   if num_classes == 2:
-    hardened, aux = harden_by_weak_prior(probs, targets, weight)
+    if stats is not None:
+      stats = jax.tree.map(jax.lax.stop_gradient, stats)
+    hardened, aux = harden_by_weak_prior(probs, targets, weight, stats)
   else:
     hardened = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_classes, dtype=jnp.float32)
     aux = {}
@@ -218,9 +269,52 @@ LOSSES: dict[str, LossFn] = {
     "product": product,
 }
 
+# The losses that need statistics of the whole global batch (see the module docstring);
+# such a loss takes them as its `stats=` keyword.
+BATCH_STATISTICS: dict[str, StatsFn] = {
+    "logconf": logconf_batch_statistics,
+}
 
-def get_loss(name: str, **kwargs) -> LossFn:
-  """The loss `name` with its options bound: fn(logits, targets, weight, progress) -> (loss, aux).
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Loss:
+  """A loss with its options bound: loss(logits, targets, weight, progress, *, stats=None) -> (loss, aux).
+
+  needs_batch_statistics: the loss declares statistics of the whole global batch; the
+    train step then computes `batch_statistics` once on the whole batch and passes them
+    to every microbatch as `stats` (it still skips the extra pass when they come out
+    empty for this batch's shapes, e.g. logconf with more than two classes).
+  """
+
+  name: str
+  fn: LossFn
+  statistics_fn: StatsFn | None = None
+
+  @property
+  def needs_batch_statistics(self) -> bool:
+    return self.statistics_fn is not None
+
+  def batch_statistics(self, logits: jax.Array, targets: jax.Array, weight: jax.Array,
+                       progress: jax.Array | float = 0.0) -> dict[str, jax.Array]:
+    """The loss's statistics of the batch (logits [B, C], targets [B, C], weight [B]); {} if none."""
+    if self.statistics_fn is None:
+      return {}
+    stats = self.statistics_fn(logits, targets, weight, progress)
+    # They condition the loss, like a target: no gradient flows through them.
+    return jax.tree.map(jax.lax.stop_gradient, stats)
+
+  def __call__(self, logits: jax.Array, targets: jax.Array, weight: jax.Array,
+               progress: jax.Array | float = 0.0, *,
+               stats: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    if stats is None:
+      return self.fn(logits, targets, weight, progress)
+    if self.statistics_fn is None:
+      raise TypeError(f"loss {self.name!r} takes no batch statistics (got {sorted(stats)})")
+    return self.fn(logits, targets, weight, progress, stats=stats)
+
+
+def get_loss(name: str, **kwargs) -> Loss:
+  """The loss `name` with its options bound, as a `Loss`: loss(logits, targets, weight, progress).
 
   Options are checked here, once, rather than at the first traced call.
   """
@@ -229,6 +323,8 @@ def get_loss(name: str, **kwargs) -> LossFn:
   fn = LOSSES[name]
   try:
     inspect.signature(fn).bind(None, None, None, None, **kwargs)
+    if "stats" in kwargs:
+      raise TypeError("'stats' is computed per batch, not an option")
   except TypeError as e:
     raise UserError(f"loss {name!r}: bad options {sorted(kwargs)} ({e}); "
                     f"see the docstring of w2s_jax.train.losses.{fn.__name__}") from e
@@ -238,4 +334,6 @@ def get_loss(name: str, **kwargs) -> LossFn:
     if not (0.0 <= alpha_max <= 1.0 and 0.0 <= warmup_frac <= 1.0):
       raise UserError(f"logconf: alpha_max={alpha_max} and warmup_frac={warmup_frac} must both "
                       "lie in [0, 1]; the target mixes weak labels and hardened predictions")
-  return functools.partial(fn, **kwargs)
+  stats_fn = BATCH_STATISTICS.get(name)
+  return Loss(name, functools.partial(fn, **kwargs),
+              None if stats_fn is None else functools.partial(stats_fn, **kwargs))

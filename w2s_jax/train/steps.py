@@ -7,7 +7,11 @@ For the cached-feature linear probe, `features` [B, D] replaces input_ids/attent
 
 Gradient accumulation runs *inside* the step with `lax.scan` over microbatches, so a
 batch of 32 fits models whose activations for 32 sequences do not. Microbatch m takes
-rows m, m + M, m + 2M, … so every microbatch stays spread over all devices.
+rows m, m + M, m + 2M, … so every microbatch stays spread over all devices. A loss that
+needs statistics of the whole batch (`losses.Loss.needs_batch_statistics`: logconf's
+threshold) gets them from a first scan without gradients over the same microbatches,
+so that accumulation changes nothing but memory: one extra forward pass per step, only
+for such a loss and only when microbatches > 1.
 """
 
 from collections.abc import Callable
@@ -45,6 +49,11 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
                     mesh: Mesh | None = None, on_features: bool = False) -> Callable:
   """A pure train step for a Classifier; jit it with `jit_train_step`.
 
+  loss_fn: loss_fn(logits, targets, weight, progress) -> (loss, aux), e.g. `losses.get_loss(...)`.
+    If it declares `needs_batch_statistics` (a `losses.Loss`) and microbatches > 1, its
+    `batch_statistics` are computed once on the whole batch by a forward pass without
+    gradients and passed to each microbatch's call as `stats=`; the reported `loss/…`
+    metrics are then whole-batch values.
   trainable: top-level parameter groups that receive gradients (("head",) for a linear
     probe: the backbone is closed over as a constant, so no backbone gradient exists).
   on_features: the batch carries cached pooled `features` and only the head runs.
@@ -55,36 +64,66 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
       return module.apply({"params": params}, mb["features"], method="classify")
     return module.apply({"params": params}, mb["input_ids"], mb["attention_mask"])
 
-  def weighted_loss(train_params, frozen_params, mb, progress):
+  def weighted_loss(train_params, frozen_params, mb, progress, stats):
     logits = logits_of({**frozen_params, **train_params}, mb)
-    loss, aux = loss_fn(logits, mb["targets"], mb["weight"], progress)
+    if stats is None:
+      loss, aux = loss_fn(logits, mb["targets"], mb["weight"], progress)
+    else:
+      loss, aux = loss_fn(logits, mb["targets"], mb["weight"], progress, stats=stats)
     n = jnp.sum(mb["weight"])
     # Scaled by the microbatch's real rows, so that the sum over microbatches / all rows
     # equals the loss of the whole batch (padding-only microbatches add nothing).
     return loss * n, (logits, aux)
 
   grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
+  needs_stats = getattr(loss_fn, "needs_batch_statistics", False)
+
+  def whole_batch_statistics(params, mbs, rows, progress):
+    """The loss's statistics of the whole batch, from a forward pass without gradients; None if it has none."""
+    targets, weight = rows["targets"], rows["weight"]  # [B, C], [B]
+    # Whether this loss has statistics for these shapes (logconf: binary only), known at trace time.
+    abstract = lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+    shapes = jax.eval_shape(loss_fn.batch_statistics, jax.ShapeDtypeStruct(targets.shape, jnp.float32),
+                            abstract(targets), abstract(weight), abstract(progress))
+    if not shapes:
+      return None
+    params = jax.lax.stop_gradient(params)
+    # A scan, like the gradient pass, so that only one microbatch's activations are live.
+    _, logits = jax.lax.scan(lambda carry, mb: (carry, logits_of(params, mb)), None, mbs)  # [M, B/M, C]
+    # Rows in the order of `rows` (microbatch-major), which is all the statistics need to agree on.
+    logits = logits.reshape(-1, logits.shape[-1])  # [B, C]
+    return loss_fn.batch_statistics(logits, targets, weight, progress)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     train_params, frozen_params = split_params(state.params, trainable)
     progress = state.step.astype(jnp.float32) / max(total_steps, 1)
     n_total = jnp.maximum(jnp.sum(batch["weight"]), 1.0)
 
-    def accumulate(grads_sum, mb):
-      (loss_times_rows, (logits, aux)), grads = grad_fn(train_params, frozen_params, mb, progress)
-      return jax.tree.map(jnp.add, grads_sum, grads), (logits, loss_times_rows, aux)
+    def accumulate(stats):
+      def body(grads_sum, mb):
+        (loss_times_rows, (logits, aux)), grads = grad_fn(train_params, frozen_params, mb, progress, stats)
+        return jax.tree.map(jnp.add, grads_sum, grads), (logits, loss_times_rows, aux)
+      return body
 
     zeros = jax.tree.map(jnp.zeros_like, train_params)
     if microbatches == 1:
-      grads_sum, (logits, loss_sum, aux) = accumulate(zeros, batch)
+      # One call on the whole batch: the loss computes its own statistics, no extra pass.
+      grads_sum, (logits, loss_sum, aux) = accumulate(None)(zeros, batch)
       rows = batch
     else:
       mbs = _microbatches(batch, microbatches, mesh)
-      grads_sum, (logits, loss_sums, auxes) = jax.lax.scan(accumulate, zeros, mbs)
+      rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), mbs)  # [B, …], microbatch-major
+      stats = whole_batch_statistics(state.params, mbs, rows, progress) if needs_stats else None
+      grads_sum, (logits, loss_sums, auxes) = jax.lax.scan(accumulate(stats), zeros, mbs)
       loss_sum = loss_sums.sum()
-      aux = jax.tree.map(jnp.mean, auxes)
+      # Each aux is a mean over its microbatch's real rows (or the same whole-batch value in all of
+      # them), so their mean weighted by real rows is the whole batch's; uniform for a padding-only batch.
+      rows_per_mb = jnp.sum(mbs["weight"], axis=1)  # [M]
+      total = jnp.sum(rows_per_mb)
+      share = jnp.where(total > 0, rows_per_mb / jnp.maximum(total, jnp.finfo(jnp.float32).tiny),
+                        1.0 / microbatches)  # [M]
+      aux = jax.tree.map(lambda v: jnp.einsum("m,m...->...", share, v.astype(jnp.float32)), auxes)
       logits = logits.reshape(-1, logits.shape[-1])
-      rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), mbs)
     grads = jax.tree.map(lambda g: g / n_total, grads_sum)
     updates, opt_state = tx.update(grads, state.opt_state, train_params)
     train_params = optax.apply_updates(train_params, updates)
@@ -110,10 +149,12 @@ def jit_train_step(train_step: Callable, state_shardings: TrainState, mesh: Mesh
 
 def make_eval_step(module: nn.Module, mesh: Mesh, param_shardings: Any, *,
                    features_only: bool = False) -> Callable:
-  """eval_step(params, batch) -> (class probabilities [B, C] or pooled features [B, D], batch index [B]).
+  """eval_step(params, batch) -> (float32 logits [B, C] or pooled features [B, D], batch index [B]).
 
-  Outputs are replicated so every host can read the whole batch; `index` says which
-  example each row is (-1 for padding rows).
+  Logits, not probabilities: callers take the softmax themselves, and rank-based metrics
+  (AUROC) must use logit margins, since float32 probabilities of a confident model
+  saturate to ties at 1.0. Outputs are replicated so every host can read the whole
+  batch; `index` says which example each row is (-1 for padding rows).
   """
 
   def eval_step(params, batch):
@@ -121,7 +162,7 @@ def make_eval_step(module: nn.Module, mesh: Mesh, param_shardings: Any, *,
     if features_only:
       out = module.apply({"params": params}, ids, mask, method="features")
     else:
-      out = jax.nn.softmax(module.apply({"params": params}, ids, mask).astype(jnp.float32), axis=-1)
+      out = module.apply({"params": params}, ids, mask)
     return out.astype(jnp.float32), batch["index"]
 
   return jax.jit(eval_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),

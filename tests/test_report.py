@@ -1,0 +1,232 @@
+"""report.py: PGR's arithmetic, the summaries over seeds and the paper-code aggregation, with hand-computed numbers."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from w2s_jax import report
+
+GAP = report.min_gap(1000, 10)  # 0.01: ten examples of a 1,000-example test set
+
+
+def run(weak, strong, loss, seed, weak_acc, strong_acc, w2s_acc, *, auroc=(0.7, 0.9, 0.8), n_test=1000,
+        min_gap_examples=10):
+  """A run dict as the pipeline builds it, its PGRs computed by report.pgr."""
+  gap = report.min_gap(n_test, min_gap_examples)
+  weak_auroc, strong_auroc, w2s_auroc = auroc
+  return {"weak": weak, "strong": strong, "loss": loss, "seed": seed,
+          "weak_acc": weak_acc, "strong_acc": strong_acc, "w2s_acc": w2s_acc,
+          "pgr": report.pgr(weak_acc, w2s_acc, strong_acc, min_gap=gap),
+          "weak_auroc": weak_auroc, "strong_auroc": strong_auroc, "w2s_auroc": w2s_auroc,
+          "pgr_auroc": report.pgr(weak_auroc, w2s_auroc, strong_auroc, min_gap=gap),
+          "agreement": 0.9, "n_test": n_test}
+
+
+def three_seed_runs():
+  """a->b over 3 seeds: PGR .2, .6 and undefined (seed 2's ceiling equals its weak model)."""
+  return [run("a", "b", "xent", 0, 0.60, 0.80, 0.64), run("a", "b", "xent", 1, 0.60, 0.80, 0.72),
+          run("a", "b", "xent", 2, 0.80, 0.80, 0.81)]
+
+
+# --- pgr / min_gap ---------------------------------------------------------------------------------------------
+
+
+def test_min_gap_is_counted_in_test_examples():
+  assert report.min_gap(1000, 10) == pytest.approx(0.01)
+  assert report.min_gap(500, 10) == pytest.approx(0.02)
+  assert report.DEFAULT_MIN_GAP_EXAMPLES == 10
+  with pytest.raises(ValueError):
+    report.min_gap(0, 10)
+
+
+def test_ceiling_below_weak_is_undefined_not_sign_flipped():
+  # The audited fault: the old abs(gap) check gave (0.82 - 0.80) / (0.78 - 0.80) = -1.0.
+  assert report.pgr(0.80, 0.82, 0.78, min_gap=GAP) is None
+  assert report.pgr(0.80, 0.82, 0.78, min_gap=0.0) is None
+  assert report.pgr(0.80, 0.82, 0.80, min_gap=0.0) is None  # a zero gap is never divided by
+
+
+def test_gap_exactly_at_min_gap_is_defined_and_just_below_is_not():
+  assert report.pgr(0.70, 0.705, 0.71, min_gap=GAP) == pytest.approx(0.5)
+  # 0.563 - 0.553 is 0.00999...98 in floating point: still a gap of exactly ten examples of 1,000.
+  assert 0.563 - 0.553 < GAP
+  assert report.pgr(0.553, 0.558, 0.563, min_gap=GAP) == pytest.approx(0.5)
+  assert report.pgr(0.70, 0.705, 0.7099, min_gap=GAP) is None
+  assert report.pgr(0.70, 0.705, 0.709, min_gap=GAP) is None  # nine examples
+
+
+def test_normal_pgr_and_missing_inputs():
+  assert report.pgr(0.60, 0.70, 0.80, min_gap=GAP) == pytest.approx(0.5)
+  assert report.pgr(0.60, 0.55, 0.80, min_gap=GAP) == pytest.approx(-0.25)  # worse than the weak teacher
+  assert report.pgr(0.60, 0.90, 0.80, min_gap=GAP) == pytest.approx(1.5)
+  assert report.pgr(0.60, float("nan"), 0.80, min_gap=GAP) is None
+  assert report.pgr(None, 0.70, 0.80, min_gap=GAP) is None
+
+
+# --- summarize -------------------------------------------------------------------------------------------------
+
+
+def test_summary_spread_and_left_out_count():
+  (row,) = report.summarize(three_seed_runs())
+  assert (row["weak"], row["strong"], row["loss"], row["seeds"]) == ("a", "b", "xent", [0, 1, 2])
+  s = row["pgr"]
+  assert (s["n"], s["n_left_out"]) == (2, 1)
+  assert s["median"] == pytest.approx(0.4)
+  assert s["mean"] == pytest.approx(0.4)
+  assert s["std"] == pytest.approx(math.sqrt(0.08))  # ddof=1: ((.2)^2 + (.2)^2) / 1
+  assert (s["min"], s["max"]) == (pytest.approx(0.2), pytest.approx(0.6))
+  assert row["left_out"]["pgr"] == [{"seed": 2, "reason": report.GAP_REASON}]
+  w = row["w2s_acc"]
+  assert (w["n"], w["n_left_out"]) == (3, 0)
+  assert w["median"] == pytest.approx(0.72)
+  assert w["mean"] == pytest.approx((0.64 + 0.72 + 0.81) / 3)
+  assert w["std"] == pytest.approx(np.std([0.64, 0.72, 0.81], ddof=1))
+  assert (w["min"], w["max"]) == (pytest.approx(0.64), pytest.approx(0.81))
+  assert row["pgr_auroc"]["n_left_out"] == 0 and "pgr_auroc" not in row["left_out"]
+
+
+def test_all_undefined_gives_none_stats():
+  (row,) = report.summarize([run("a", "b", "xent", 0, 0.80, 0.78, 0.82)])
+  assert row["pgr"] == {"median": None, "min": None, "max": None, "mean": None, "std": None, "ci95": None,
+                        "n": 0, "n_left_out": 1}
+  assert row["w2s_acc"]["std"] == 0.0  # one value
+
+
+def test_bootstrap_ci():
+  values = [0.2, 0.4, 0.6, 0.8]
+  s = report._spread(values)
+  lo, hi = s["ci95"]
+  assert lo < s["mean"] < hi
+  assert s["min"] <= lo and hi <= s["max"]
+  # Bootstrap SE of the mean is sqrt(0.05) / 2 ~ 0.11, so the interval is about mean +- 0.2, not [min, max].
+  assert 0.25 < lo < 0.4 and 0.6 < hi < 0.75
+  assert report._spread(values)["ci95"] == [lo, hi]  # deterministic
+  # Interpolated percentiles of a less regular sample would change with the generator's draws.
+  uneven = [0.13, 0.52, 0.71, 0.2, 0.95, 0.33, 0.6, 0.47]
+  assert report._spread(uneven)["ci95"] == report._spread(list(uneven))["ci95"]
+  assert report._spread([0.37])["ci95"] == [0.37, 0.37]
+  assert report._spread([0.5, 0.5, 0.5])["ci95"] == [0.5, 0.5]
+  skewed = report._spread([0.0, 0.0, 0.0, 1.0, 0.1])
+  assert skewed["min"] <= skewed["ci95"][0] <= skewed["mean"] <= skewed["ci95"][1] <= skewed["max"]
+
+
+def test_summarize_chains_counts_undefined_pgr():
+  chains = [{"chain": "a>b>c", "loss": "xent", "seed": s, "steps": [], "weak_acc": 0.6, "strong_acc": strong,
+             "w2s_acc": 0.7, "direct_w2s_acc": 0.65, "pgr": report.pgr(0.6, 0.7, strong, min_gap=GAP),
+             "direct_pgr": report.pgr(0.6, 0.65, strong, min_gap=GAP)} for s, strong in ((0, 0.8), (1, 0.59))]
+  (row,) = report.summarize_chains(chains)
+  assert row["pgr"]["median"] == pytest.approx(0.5) and row["pgr"]["n_left_out"] == 1
+  assert row["direct_pgr"]["median"] == pytest.approx(0.25) and row["direct_pgr"]["ci95"] == [pytest.approx(0.25)] * 2
+  assert row["left_out"]["direct_pgr"] == [{"seed": 1, "reason": report.GAP_REASON}]
+
+
+# --- the paper code's aggregation ------------------------------------------------------------------------------
+
+
+def oai_runs():
+  """a->b: the two seeds' weak/ceiling differ, so averaging first changes PGR. c->d: averaged ceiling below weak."""
+  return [
+      run("a", "b", "xent", 0, 0.70, 0.80, 0.75, auroc=(0.7, 0.9, 0.76)),
+      run("a", "b", "xent", 1, 0.60, 0.90, 0.80, auroc=(0.7, 0.9, 0.86)),
+      run("a", "b", "conf", 0, 0.70, 0.80, 0.85, auroc=(0.7, 0.9, 0.80)),
+      run("a", "b", "conf", 1, 0.60, 0.90, 0.65, auroc=(0.7, 0.9, 0.80)),
+      run("c", "d", "xent", 0, 0.80, 0.78, 0.79, auroc=(0.7, 0.9, 0.80)),
+      run("c", "d", "xent", 1, 0.80, 0.81, 0.805, auroc=(0.7, 0.9, 0.90)),
+      run("c", "d", "conf", 0, 0.80, 0.78, 0.79, auroc=(0.7, 0.9, 0.80)),
+      run("c", "d", "conf", 1, 0.80, 0.81, 0.805, auroc=(0.7, 0.9, 0.90)),
+  ]
+
+
+def test_oai_aggregation_averages_weak_and_ceiling_first():
+  runs = oai_runs()
+  rows = {r["loss"]: r for r in report.summarize_oai(runs, min_gap_examples=10)}
+  assert list(rows) == ["xent", "conf"]
+  # xent, a->b: mean weak .65, mean ceiling .85; PGRs (.75-.65)/.2 = .5 and (.80-.65)/.2 = .75.
+  xent = rows["xent"]["pgr"]
+  assert xent["median"] == pytest.approx(0.625)
+  assert (xent["n"], xent["n_left_out"], xent["n_pairs"], xent["n_pairs_left_out"]) == (2, 2, 1, 1)
+  assert xent["left_out_pairs"] == ["c->d"]  # mean ceiling .795 < mean weak .80, though seed 1 alone is defined
+  # conf, a->b: (.85-.65)/.2 = 1.0 and (.65-.65)/.2 = 0.0.
+  assert rows["conf"]["pgr"]["median"] == pytest.approx(0.5)
+  # Per-seed PGRs against each seed's own numbers give other medians: xent (.5 + .6667)/2, conf (1.5 + .1667)/2.
+  summary = {(r["weak"], r["loss"]): r for r in report.summarize(runs)}
+  assert summary[("a", "xent")]["pgr"]["median"] == pytest.approx((0.5 + 2 / 3) / 2)
+  assert summary[("a", "conf")]["pgr"]["median"] == pytest.approx((1.5 + 1 / 6) / 2)
+  assert summary[("c", "xent")]["pgr"]["n"] == 1  # per seed, c->d seed 1 (gap of exactly 10 examples) counts
+  # AUROC, xent: every pair's gap is .2; a->b (.76-.7)/.2 = .3, (.86-.7)/.2 = .8; c->d .5, 1.0.
+  auroc = rows["xent"]["pgr_auroc"]
+  assert auroc["median"] == pytest.approx(0.65)
+  assert (auroc["n"], auroc["n_left_out"], auroc["n_pairs"], auroc["n_pairs_left_out"]) == (4, 0, 2, 0)
+  assert rows["xent"]["min_gap_examples"] == 10
+
+
+def test_oai_min_gap_examples_is_used():
+  # 300 examples of 1,000 = .3 > a->b's averaged gap of .2: every pair is left out.
+  rows = report.summarize_oai(oai_runs(), min_gap_examples=300)
+  assert all(r["pgr"]["median"] is None and r["pgr"]["n"] == 0 and r["pgr"]["n_left_out"] == 4 for r in rows)
+  # With a 100-example test set the 10-example floor is .1, so a pair with an averaged gap of .05 is out.
+  runs = [run("a", "b", "xent", s, 0.60, 0.65, 0.62, n_test=100) for s in (0, 1)]
+  (row,) = report.summarize_oai(runs, min_gap_examples=10)
+  assert row["pgr"]["n_pairs_left_out"] == 1 and row["pgr"]["median"] is None
+  (row,) = report.summarize_oai(runs, min_gap_examples=5)
+  assert row["pgr"]["median"] == pytest.approx(0.4)
+
+
+# --- markdown, JSON, plots -------------------------------------------------------------------------------------
+
+
+def results_for(runs, chains=()):
+  return {"task": "toy", "model_order": ["a", "b", "c", "d"], "runs": runs, "summary": report.summarize(runs),
+          "oai_summary": report.summarize_oai(runs, min_gap_examples=10), "min_gap_examples": 10,
+          "chains": list(chains), "chain_summary": report.summarize_chains(list(chains)), "wall_s": 1.5}
+
+
+def test_markdown_shows_na_left_out_and_oai_section():
+  runs = three_seed_runs() + [run("c", "d", "xent", 0, 0.80, 0.78, 0.82)]
+  md = report.markdown(results_for(runs))
+  lines = md.splitlines()
+  ab = next(line for line in lines if line.startswith("| a | b | xent | 0.600 [0.600, 0.800]"))
+  assert "| 0.400 [0.200, 0.600] |" in ab  # PGR median [min, max]
+  lo, hi = report.summarize(three_seed_runs())[0]["pgr"]["ci95"]
+  assert f"| 0.400 [{lo:.3f}, {hi:.3f}] |" in ab  # PGR mean [95% CI]
+  assert "PGR: 2 of 3 seeds; 1 left out: ceiling not clearly above weak" in ab
+  cd = next(line for line in lines if line.startswith("| c | d | xent |"))
+  assert "| 0.820 | n/a | n/a | 0.500 |" in cd  # PGR and its mean undefined, its AUROC PGR defined
+  assert "PGR: 0 of 1 seeds; 1 left out" in cd
+  assert "## Aggregated as the paper code does" in md
+  oai = next(line for line in lines if line.startswith("| xent | "))
+  assert "c->d" in oai
+  assert "10 test examples" in md and "0.0100 for n_test = 1,000" in md
+
+
+def test_markdown_without_oai_or_min_gap_says_so():
+  results = results_for(three_seed_runs())
+  del results["oai_summary"], results["min_gap_examples"]
+  md = report.markdown(results)
+  assert "paper code" not in md and "not recorded" in md
+
+
+def test_write_json_nulls_and_plots_with_undefined_values(tmp_path):
+  chains = [{"chain": "a>b>c", "loss": "xent", "seed": 0, "steps": [], "weak_acc": 0.6, "strong_acc": 0.59,
+             "w2s_acc": 0.7, "direct_w2s_acc": 0.65, "pgr": None, "direct_pgr": None}]
+  runs = three_seed_runs() + [run("c", "d", "xent", 0, 0.80, 0.78, 0.82, auroc=(0.7, float("nan"), 0.8))]
+  report.write(results_for(runs, chains), tmp_path)
+  data = json.loads((tmp_path / "results.json").read_text())
+  assert data["runs"][2]["pgr"] is None and data["runs"][3]["pgr"] is None
+  assert data["runs"][3]["strong_auroc"] is None  # NaN -> null
+  cd = next(r for r in data["summary"] if r["weak"] == "c")
+  assert cd["pgr"]["median"] is None and cd["pgr"]["ci95"] is None
+  assert data["chain_summary"][0]["pgr"]["n_left_out"] == 1
+  assert "chain PGR: 0 of 1 seeds; 1 left out" in (tmp_path / "results.md").read_text()
+  for name in ("accuracy.png", "pgr.png"):
+    assert (tmp_path / name).stat().st_size > 0
+
+
+def test_plot_when_every_value_is_undefined(tmp_path):
+  results = results_for([run("a", "b", "xent", 0, 0.80, 0.78, 0.82)])
+  for field in ("weak_acc", "strong_acc", "w2s_acc"):
+    results["summary"][0][field] = report._spread([None])
+  paths = report.plot(results, tmp_path)
+  assert [p.name for p in paths] == ["accuracy.png", "pgr.png"] and all(p.stat().st_size > 0 for p in paths)

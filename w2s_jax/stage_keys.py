@@ -1,0 +1,134 @@
+"""What enters each stage's key, and the one list of config fields that enter none.
+
+A stage's key is a hash of its spec (`artifacts.spec_hash`). The spec holds
+  * `version`: the code version of the stage's kind (VERSIONS). Bump it when the meaning of
+    that kind's code changes (a loss or a metric fixed, a formatter changed), so that a rerun
+    never serves a result of the old code as a new one;
+  * `config`: the values of every config field the kind reads (FIELDS), `models.{model}.*`
+    stored as `model.*` and `loss_options.{loss}.*` as `loss_options.*`;
+  * what the pipeline adds: the model's name, the seed, the keys of the stages it consumes
+    and content fingerprints of the user's files.
+
+Coverage is structural, not a matter of care:
+  * a stage reads the config only through `StageConfig`, a view of `spec["config"]`, and
+    reading a field that is not in its key fails at once;
+  * every config leaf is either in some kind's FIELDS or in RUNTIME_ONLY with the reason it
+    cannot change a stage's result; `tests/test_stage_keys.py` walks whole configs and fails
+    on a leaf that is in neither.
+A field named by a prefix (`train`, `models.{model}`) brings every leaf below it, less the
+runtime-only ones, so a field added to `config_base` enters the keys by default: a new field
+can make stages retrain, never serve a stale result.
+"""
+
+from typing import Any
+
+import ml_collections
+
+# Bumped to 2 by the audit fixes: logconf's batch statistics over the whole global batch,
+# stage arrays keyed by example uid with logits (AUROC from logit margins), one seed per purpose.
+VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 2}
+
+RUNTIME_ONLY = {
+    "train.log_every": "how often metrics are logged",
+    "train.checkpoint_every": "how often a resumable checkpoint is saved (a resumed run gives the same params)",
+    "train.keep_checkpoints": "whether a finished stage's last checkpoint stays on disk",
+    "wandb": "where metrics are logged",
+    "mesh": "how arrays are laid out on the devices (results agree up to float summation order)",
+    "report": "how results are summarised: recomputed from the stages on every run",
+    "seeds": "which seeds run; each stage's key holds its own seed",
+    "losses": "which students run; each student's key holds its own loss",
+    "model_order": "the order of tables and plots, and of pairs='all'",
+    "pairs": "which weak-to-strong stages run",
+    "chains": "which bootstrapping stages run",
+}
+
+DATA = ("task", "n_train", "n_test", "balance", "max_length", "data_seed")
+
+FIELDS = {
+    # The features of a frozen backbone: its weights and numerics, the examples, and the padded
+    # shapes of the inference batches (bf16 features round differently at other shapes).
+    "features": DATA + ("models.{model}.checkpoint", "models.{model}.pooling", "models.{model}.dtype",
+                        "train.batch_size", "train.length_buckets", "train.length_multiple"),
+    "ground_truth": DATA + ("models.{model}", "train", "head_init"),
+    "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "hard_labels", "loss_options.{loss}"),
+}
+
+_ROLE_PREFIXES = {"models.{model}": "model", "loss_options.{loss}": "loss_options"}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a.b.c': leaf} of a nested dict (a ConfigDict's to_dict())."""
+  if isinstance(tree, dict):
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+      out |= flatten(value, f"{prefix}{key}.")
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _is_under(path: str, prefix: str) -> bool:
+  return path == prefix or path.startswith(prefix + ".")
+
+
+def runtime_only(path: str) -> bool:
+  return any(_is_under(path, p) for p in RUNTIME_ONLY)
+
+
+def config_values(config: ml_collections.ConfigDict, kind: str, *, model: str | None = None,
+                  loss: str | None = None) -> dict[str, Any]:
+  """The values of every field stage `kind` reads, for `model` and `loss`: the `config` of its spec."""
+  leaves = flatten(config.to_dict())
+  values: dict[str, Any] = {}
+  for field in FIELDS[kind]:
+    if "{loss}" in field and loss is not None and loss not in config.get("loss_options", {}):
+      continue  # a loss without options
+    concrete = field.format(model=model, loss=loss)
+    stored = field
+    for placeholder, role in _ROLE_PREFIXES.items():
+      if field.startswith(placeholder):
+        stored = role + field[len(placeholder):]
+    matched = {path: value for path, value in leaves.items() if _is_under(path, concrete) and not runtime_only(path)}
+    if not matched and "{" not in field:
+      raise KeyError(f"stage_keys.FIELDS[{kind!r}] names {field!r}, which the config does not have")
+    for path, value in matched.items():
+      values[stored + path[len(concrete):]] = value
+  return values
+
+
+def generalize(path: str, config: ml_collections.ConfigDict) -> str:
+  """'models.mpnet.lr' -> 'models.{model}.lr', 'loss_options.logconf.alpha_max' -> 'loss_options.{loss}.alpha_max'."""
+  parts = path.split(".")
+  if len(parts) >= 2 and parts[0] == "models":
+    parts[1] = "{model}"
+  if len(parts) >= 2 and parts[0] == "loss_options":
+    parts[1] = "{loss}"
+  return ".".join(parts)
+
+
+def uncovered_fields(config: ml_collections.ConfigDict) -> list[str]:
+  """Config leaves that enter no stage's key and are not runtime-only (should be none)."""
+  fields = [f for kind in FIELDS.values() for f in kind]
+  return sorted(path for path in flatten(config.to_dict())
+                if not runtime_only(path) and not any(_is_under(generalize(path, config), f) for f in fields))
+
+
+class StageConfig:
+  """A read-only view of the config fields in one stage's key (`spec["config"]`).
+
+  `view["train.epochs"]`, `view["model.lr"]`; a field that is not in the key is a KeyError
+  naming the fix, so a stage cannot depend on something its key leaves out.
+  """
+
+  def __init__(self, kind: str, values: dict[str, Any]):
+    self.kind = kind
+    self._values = values
+
+  def __getitem__(self, path: str) -> Any:
+    if path not in self._values:
+      raise KeyError(f"config field {path!r} is not in the key of {self.kind} stages: add it to "
+                     f"w2s_jax.stage_keys.FIELDS[{self.kind!r}] (or, if it cannot change a result, to RUNTIME_ONLY)")
+    return self._values[path]
+
+  def under(self, prefix: str) -> dict[str, Any]:
+    """{'alpha_max': 0.5, ...} for prefix 'loss_options'."""
+    return {path[len(prefix) + 1:]: v for path, v in self._values.items() if path.startswith(prefix + ".")}
