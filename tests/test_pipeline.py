@@ -48,7 +48,8 @@ def tiny_config(assets, **overrides):
 
 
 RUN_FIELDS = {"weak", "strong", "loss", "seed", "weak_acc", "strong_acc", "w2s_acc", "pgr", "weak_auroc",
-              "strong_auroc", "w2s_auroc", "pgr_auroc", "agreement"}
+              "strong_auroc", "w2s_auroc", "pgr_auroc", "agreement", "agreement_supervisor_right",
+              "agreement_supervisor_wrong", "misfit", "misfit_kl"}
 
 
 def check_outputs(workdir: Path, n_runs: int):
@@ -59,6 +60,7 @@ def check_outputs(workdir: Path, n_runs: int):
     assert 0.0 <= run["w2s_acc"] <= 1.0
   assert results["summary"] and "median" in results["summary"][0]["pgr"]
   assert results["wall_s"] > 0
+  assert "## Imitation and misfit" in (workdir / "results.md").read_text()
   for name in ("results.md", "accuracy.png", "pgr.png", "metrics.jsonl", "config.json"):
     assert (workdir / name).exists(), name
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]

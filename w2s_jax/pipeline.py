@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from w2s_jax import report, seeds as seeds_lib, sharding, stage_keys
+from w2s_jax import diagnostics, report, seeds as seeds_lib, sharding, stage_keys
 from w2s_jax.artifacts import Stage, StageStore
 from w2s_jax.data import batching, splits, tasks
 from w2s_jax.errors import UserError
@@ -348,11 +348,12 @@ class Experiment:
       predict_on = {"test": task.test, "half_b": half_b}
       logits = self.fit(stage, view, f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", model, cfg, seed,
                         task, half_b, targets, predict_on)
-      weak_test = weak_arrays["test_logits"]
+      test_labels = np.array([e.label for e in task.test], np.int32)
       result = {"weak": weak, "strong": strong, "loss": loss, "seed": seed,
                 **self.test_metrics(logits["test"], task.test),
-                # student-supervisor agreement on the test set (the paper's measure of imitation)
-                "agreement": float((logits["test"].argmax(-1) == weak_test.argmax(-1)).mean())}
+                # imitation of the supervisor on the test set, and misfit to the labels trained on
+                **diagnostics.imitation(logits["test"], weak_arrays["test_logits"], test_labels),
+                **diagnostics.misfit(logits["half_b"], targets)}
       arrays = self._save_predictions(stage, result, logits, predict_on)
     check_join(arrays["test_uids"], task.test, stage, "test")
     check_join(arrays["half_b_uids"], half_b, stage, "half B")
@@ -418,7 +419,7 @@ class Experiment:
               "weak_auroc": weak_result["auroc"], "strong_auroc": strong_result["auroc"],
               "w2s_auroc": w2s["auroc"],
               "pgr_auroc": report.pgr(weak_result["auroc"], w2s["auroc"], strong_result["auroc"], min_gap=gap),
-              "agreement": w2s["agreement"], "n_test": w2s["n_test"],
+              **{k: w2s[k] for k in report.DIAGNOSTIC_FIELDS}, "n_test": w2s["n_test"],
           })
           self.tracker.summary(f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", runs[-1])
       for names in self.chains:

@@ -41,8 +41,11 @@ BOOTSTRAP_SEED = 0  # fixed, so the same results always give the same interval
 GAP_REASON = "ceiling not clearly above weak"
 MISSING_REASON = "metric missing"
 
+# What every weak-to-strong run reports about imitation and misfit (w2s_jax/diagnostics.py).
+DIAGNOSTIC_FIELDS = ("agreement", "agreement_supervisor_right", "agreement_supervisor_wrong", "supervisor_wrong_frac",
+                     "misfit", "misfit_kl")
 RUN_FIELDS = ("weak_acc", "strong_acc", "w2s_acc", "pgr", "weak_auroc", "strong_auroc", "w2s_auroc", "pgr_auroc",
-              "agreement")
+              *DIAGNOSTIC_FIELDS)
 CHAIN_FIELDS = ("weak_acc", "strong_acc", "w2s_acc", "direct_w2s_acc", "pgr", "direct_pgr")
 # PGR field -> the (weak, w2s, strong) fields it is computed from, to say why a value is missing.
 PGR_INPUTS = {"pgr": ("weak_acc", "w2s_acc", "strong_acc"), "pgr_auroc": ("weak_auroc", "w2s_auroc", "strong_auroc"),
@@ -278,6 +281,17 @@ def markdown(results: dict[str, Any]) -> str:
       lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']} | {_mean_cell(row['weak_acc'])} | "
                    f"{_mean_cell(row['strong_acc'])} | {_mean_cell(row['w2s_acc'])} | "
                    f"{_mean_cell(row['agreement'])} |")
+  if results["summary"] and "misfit" in results["summary"][0]:
+    lines += ["", "## Imitation and misfit", "",
+              "Agreement of student and supervisor on the test set, where the supervisor is right and where it is "
+              "wrong (a student that only imitates agrees everywhere); misfit: the student's disagreement with the "
+              "weak labels it trained on (argmax; KL in nats).", "",
+              "| weak | strong | loss | agreement | supervisor right | supervisor wrong | misfit | misfit KL |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in results["summary"]:
+      lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']} | "
+                   + " | ".join(_cell(row[f]) for f in ("agreement", "agreement_supervisor_right",
+                                                        "agreement_supervisor_wrong", "misfit", "misfit_kl")) + " |")
   if results.get("oai_summary"):
     lines += ["", "## Aggregated as the paper code does", "",
               "Weak and ceiling averaged over seeds per pair first; each run's PGR against those averages; median "

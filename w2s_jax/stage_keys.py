@@ -26,7 +26,8 @@ import ml_collections
 
 # Bumped to 2 by the audit fixes: logconf's batch statistics over the whole global batch,
 # stage arrays keyed by example uid with logits (AUROC from logit margins), one seed per purpose.
-VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 2}
+# weak_to_strong 3: its result holds the imitation and misfit diagnostics (diagnostics.py).
+VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 3}
 
 RUNTIME_ONLY = {
     "train.log_every": "how often metrics are logged",
