@@ -23,11 +23,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where stages, checkpoints and results go.")
 _FORCE = flags.DEFINE_bool("force", False, "Recompute finished stages instead of loading them.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+_LIST_METHODS = flags.DEFINE_bool("list_methods", False, "Print every registered method, one line each, and exit.")
 
 
 def main(argv):
   del argv
   from w2s_jax.errors import UserError
+  if _LIST_METHODS.value:
+    from w2s_jax.train import losses
+    for name, line in losses.describe().items():
+      print(f"loss {name:10s} {line}")
+    return 0
   if _CONFIG.value is None or _WORKDIR.value is None:
     print("error: give --config=configs/<experiment>.py and --workdir=DIR", file=sys.stderr)
     return 2

@@ -175,7 +175,8 @@ def test_logconf_target_carries_no_gradient(batch):
 
 LOSS_CASES = [
     ("xent", {}), ("xent_hard", {}), ("product", {}), ("product", {"alpha": 0.5}),
-    ("logconf", {}), ("logconf", {"schedule": "oai_jump"}),
+    ("logconf", {}), ("logconf", {"schedule": "oai_jump"}), ("entropy", {}), ("window", {}),
+    ("window", {"radius": 0.45}),
 ]
 
 
@@ -312,3 +313,46 @@ def test_batch_statistics_declarations():
                                                      np.ones(2, np.float32), 0.0) == {}
   with pytest.raises(UserError, match="bad options"):
     losses.get_loss("logconf", stats={})
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.05, 0.5])
+def test_entropy_matches_numpy(batch, progress):
+  logits, targets, weight = batch
+  alpha = 0.5 * min(1.0, progress / 0.1)
+  own = np.exp(np_log_softmax(logits))
+  expected = np_xent_mean(logits, (1 - alpha) * targets + alpha * own)
+  loss, aux = losses.get_loss("entropy")(logits, targets, weight, progress)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  np.testing.assert_allclose(aux["alpha"], alpha, rtol=1e-6)
+
+
+def test_entropy_target_carries_no_gradient(batch):
+  """The student's own beliefs are a target: the gradient is xent's against the fixed mixed target."""
+  logits, targets, weight = batch
+  own = np.exp(np_log_softmax(logits)).astype(np.float32)
+  fixed = 0.5 * targets + 0.5 * own
+  grad = jax.grad(lambda z: losses.get_loss("entropy")(z, targets, weight, 1.0)[0])(logits)
+  grad_fixed = jax.grad(lambda z: losses.xent(z, fixed, weight)[0])(logits)
+  np.testing.assert_allclose(grad, grad_fixed, rtol=1e-5, atol=1e-7)
+
+
+def test_window_trains_only_rows_where_the_student_is_uncertain():
+  # p(top class): 0.5, 0.62, 0.73, 0.95 -> with radius 0.15 the first two rows are uncertain.
+  p1 = np.array([0.5, 0.62, 0.73, 0.95])
+  logits = np.log(np.stack([1 - p1, p1], -1)).astype(np.float32)
+  targets = soft_binary([0.9, 0.1, 0.2, 0.3])
+  weight = np.ones(4, np.float32)
+  loss, aux = losses.get_loss("window", radius=0.15)(logits, targets, weight, 0.0)
+  per_row = -(targets * np_log_softmax(logits)).sum(-1)
+  np.testing.assert_allclose(loss, per_row[:2].sum() / 4, rtol=1e-5)  # the mean over all real rows
+  np.testing.assert_allclose(aux["uncertain_frac"], 0.5)
+  grad = jax.grad(lambda z: losses.get_loss("window")(z, targets, weight, 0.0)[0])(logits)
+  assert np.all(grad[2:] == 0) and np.all(grad[:2] != 0)
+
+
+def test_negative_control_options_are_checked():
+  with pytest.raises(UserError, match="window: radius=0.7 must lie in"):
+    losses.get_loss("window", radius=0.7)
+  with pytest.raises(UserError, match="entropy: alpha_max=2"):
+    losses.get_loss("entropy", alpha_max=2)
+  assert set(losses.describe()) == set(losses.LOSSES) and all(losses.describe().values())

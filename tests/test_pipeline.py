@@ -157,6 +157,9 @@ def test_main_reports_bad_input_in_one_line(assets, tmp_path):
   assert bad_task.returncode != 0
   assert "no_such_task" in bad_task.stderr and "Traceback" not in bad_task.stderr
   assert len(bad_task.stderr.strip().splitlines()) == 1, bad_task.stderr
+  listed = main("--list_methods")
+  assert listed.returncode == 0
+  assert {line.split()[1] for line in listed.stdout.splitlines()} >= {"xent", "logconf", "entropy", "window"}
   bad_key = main("--config=configs/nlp.py:runlocal", f"--workdir={tmp_path}", "--config.no_such_key=1")
   assert bad_key.returncode != 0 and "no_such_key" in bad_key.stderr and "Traceback" not in bad_key.stderr
 

@@ -56,6 +56,8 @@ def base() -> ml_collections.ConfigDict:
   c.loss_options = ml_collections.ConfigDict(dict(
       logconf=dict(alpha_max=0.5, warmup_frac=0.1, schedule="linear"),  # 'oai_jump' reproduces OAI's code
       product=dict(alpha=1.0, beta=1.0),
+      entropy=dict(alpha_max=0.5, warmup_frac=0.1, schedule="linear"),  # EleutherAI's negative controls
+      window=dict(radius=0.15),
   ))
   c.hard_labels = False     # train students on argmax weak labels instead of soft ones
   c.seeds = (0,)            # each seed: its own subsample (unless data_seed), A/B split, batch order, head init

@@ -1,4 +1,5 @@
-"""The student's losses: cross-entropy, the auxiliary confidence loss, the product loss.
+"""The student's losses: cross-entropy, the auxiliary confidence loss, the product loss, and
+EleutherAI's negative controls (entropy, confidence window).
 
 Every loss has one signature, so the train step can call any of them without knowing
 which it is:
@@ -262,11 +263,54 @@ def product(logits: jax.Array, targets: jax.Array, weight: jax.Array,
   return _masked_mean(soft_cross_entropy(logits, target), weight), {}
 
 
+def entropy(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+            progress: jax.Array | float, *, alpha_max: float = 0.5, warmup_frac: float = 0.1,
+            schedule: str = "linear") -> tuple[jax.Array, dict[str, jax.Array]]:
+  """logconf without hardening: cross-entropy against a mix of weak labels and the student's own soft beliefs.
+
+    alpha  = logconf_alpha(progress; alpha_max, warmup_frac, schedule)
+    target = (1 - alpha) * weak + alpha * stop_gradient(softmax(z))
+    loss   = sum_i w_i * ( -sum_c target_ic log softmax(z_i)_c ) / sum_i w_i
+
+  The alpha term pulls the student toward its own predictions, i.e. it lowers their entropy
+  (EleutherAI/w2s's `log_confidence_loss` with harden=False, its "entropy" loss). A negative
+  control for logconf: it has the confidence term without the class-balanced hardening, and
+  needs no batch statistics.
+  """
+  logits = logits.astype(jnp.float32)
+  alpha = logconf_alpha(progress, alpha_max=alpha_max, warmup_frac=warmup_frac, schedule=schedule)
+  own = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))  # [batch, classes]
+  mixed = (1.0 - alpha) * targets.astype(jnp.float32) + alpha * own
+  return _masked_mean(soft_cross_entropy(logits, mixed), weight), {"alpha": alpha}
+
+
+def window(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+           progress: jax.Array | float = 0.0, *, radius: float = 0.15) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy against the weak labels only where the student is still uncertain.
+
+    uncertain_i = max_c softmax(z_i)_c < 0.5 + radius
+    loss        = sum_i w_i * [uncertain_i] * ( -sum_c t_ic log softmax(z_i)_c ) / sum_i w_i
+
+  EleutherAI/w2s's confidence-window loss (a negative control): once the student is
+  confident about a row, the weak label of that row stops pulling on it. The mean is over all
+  real rows, so a batch in which the student is sure of everything has loss 0. `progress` is
+  unused.
+  """
+  del progress
+  logits = logits.astype(jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1)
+  uncertain = (jnp.max(probs, axis=-1) < 0.5 + radius).astype(jnp.float32)  # [batch]
+  loss = _masked_mean(uncertain * soft_cross_entropy(logits, targets), weight)
+  return loss, {"uncertain_frac": _masked_mean(uncertain, weight)}
+
+
 LOSSES: dict[str, LossFn] = {
     "xent": xent,
     "xent_hard": xent_hard,
     "logconf": logconf,
     "product": product,
+    "entropy": entropy,
+    "window": window,
 }
 
 # The losses that need statistics of the whole global batch (see the module docstring);
@@ -313,6 +357,11 @@ class Loss:
     return self.fn(logits, targets, weight, progress, stats=stats)
 
 
+def describe() -> dict[str, str]:
+  """{name: the first line of its docstring} for every registered loss (`main.py --list_methods`)."""
+  return {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in LOSSES.items()}
+
+
 def get_loss(name: str, **kwargs) -> Loss:
   """The loss `name` with its options bound, as a `Loss`: loss(logits, targets, weight, progress).
 
@@ -328,12 +377,15 @@ def get_loss(name: str, **kwargs) -> Loss:
   except TypeError as e:
     raise UserError(f"loss {name!r}: bad options {sorted(kwargs)} ({e}); "
                     f"see the docstring of w2s_jax.train.losses.{fn.__name__}") from e
-  if name == "logconf":
+  if name in ("logconf", "entropy"):
     logconf_alpha(0.0, **kwargs)  # an unknown schedule fails now, not inside jit
     alpha_max, warmup_frac = kwargs.get("alpha_max", 0.5), kwargs.get("warmup_frac", 0.1)
     if not (0.0 <= alpha_max <= 1.0 and 0.0 <= warmup_frac <= 1.0):
-      raise UserError(f"logconf: alpha_max={alpha_max} and warmup_frac={warmup_frac} must both "
-                      "lie in [0, 1]; the target mixes weak labels and hardened predictions")
+      raise UserError(f"{name}: alpha_max={alpha_max} and warmup_frac={warmup_frac} must both "
+                      "lie in [0, 1]; the target mixes weak labels and the student's predictions")
+  if name == "window" and not 0.0 <= kwargs.get("radius", 0.15) <= 0.5:
+    raise UserError(f"window: radius={kwargs['radius']} must lie in [0, 0.5]: rows whose top class "
+                    "probability is under 0.5 + radius are trained")
   stats_fn = BATCH_STATISTICS.get(name)
   return Loss(name, functools.partial(fn, **kwargs),
               None if stats_fn is None else functools.partial(stats_fn, **kwargs))
