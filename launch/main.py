@@ -30,9 +30,11 @@ def main(argv):
   del argv
   from w2s_jax.errors import UserError
   if _LIST_METHODS.value:
-    from w2s_jax.train import losses
+    from w2s_jax.train import losses, selection
     for name, line in losses.describe().items():
-      print(f"loss {name:10s} {line}")
+      print(f"loss      {name:12s} {line}")
+    for name, line in selection.METHODS.items():
+      print(f"selection {name:12s} {line}")
     return 0
   if _CONFIG.value is None or _WORKDIR.value is None:
     print("error: give --config=configs/<experiment>.py and --workdir=DIR", file=sys.stderr)

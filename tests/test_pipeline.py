@@ -203,3 +203,31 @@ def test_bootstrapping_chain_reuses_stages_and_reports_against_direct(assets, tm
   assert chain["chain"] == "weak>mid>strong" and [s["student"] for s in chain["steps"]] == ["mid", "strong"]
   assert chain["direct_w2s_acc"] == results["runs"][0]["w2s_acc"]
   assert "Bootstrapping chains" in (tmp_path / "work" / "results.md").read_text()
+
+
+def test_early_stopping_on_weak_labels_and_the_oracle_marked_in_every_table(assets, tmp_path):
+  config = tiny_config(assets, **{"mesh.data": 1, "mesh.fsdp": 1, "train.linear_probe": True, "losses": ("xent",),
+                                  "selection.method": "weak_auroc", "selection.eval_every": 3})
+  results = pipeline.run(config, tmp_path)
+  (run,) = results["runs"]
+  assert run["selection"] == "weak_auroc" and run["selected_step"] > 0
+  (stage,) = (tmp_path / "stages").glob("weak_to_strong-*")
+  stored = json.loads((stage / "result.json").read_text())
+  n_half_b = stored["n_fit"] + stored["n_val"]
+  assert stored["n_val"] == round(0.2 * n_half_b)  # the student trains on the other 80% of half B
+  assert stored["selected_step"] in [s for s, _ in stored["selection_history"]]
+  assert stored["selection_val_auroc"] == max(score for _, score in stored["selection_history"])
+  assert not (stage / "selection").exists()  # the selection's working copy goes with the finished stage
+  assert "Selection: students' checkpoints selected by AUROC against the supervisor" in (
+      tmp_path / "results.md").read_text()
+  # The oracle reuses every ground-truth stage and is marked in each table.
+  oracle = pipeline.run(tiny_config(assets, **{"mesh.data": 1, "mesh.fsdp": 1, "train.linear_probe": True,
+                                               "losses": ("xent",), "selection.method": "oracle_auroc",
+                                               "selection.eval_every": 3}), tmp_path)
+  assert oracle["trained_stages"] == 1 and oracle["oracle"]
+  markdown = (tmp_path / "results.md").read_text()
+  assert "**ORACLE**" in markdown
+  table_rows = [l for l in markdown.splitlines() if l.startswith("| weak | strong | xent")]
+  assert table_rows and all("xent (ORACLE)" in l for l in table_rows)
+  with pytest.raises(UserError, match="selection.method='best' is not one of"):
+    pipeline.run(tiny_config(assets, **{"selection.method": "best"}), tmp_path)

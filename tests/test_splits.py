@@ -97,3 +97,15 @@ def test_balance_of_one_class_and_bad_limits_are_user_errors():
     select(_examples(10), 0, seed=0)
   with pytest.raises(UserError, match="no usable examples"):
     select([None, None], None, seed=0)
+
+
+def test_split_validation_is_seeded_disjoint_and_keeps_order():
+  from w2s_jax.data.splits import split_validation
+  examples = [Example(text=str(i), label=i % 2, uid=i) for i in range(50)]
+  fit, val = split_validation(examples, 0.2, seed=3)
+  assert len(val) == 10 and len(fit) == 40
+  assert sorted(e.uid for e in fit + val) == list(range(50))
+  assert [e.uid for e in val] == sorted(e.uid for e in val)
+  assert split_validation(examples, 0.2, seed=3)[1] == val and split_validation(examples, 0.2, seed=4)[1] != val
+  with pytest.raises(UserError, match="val_frac=1.0 must lie strictly between 0 and 1"):
+    split_validation(examples, 1.0, seed=0)

@@ -41,6 +41,11 @@ class Stage:
   def checkpoint_dir(self) -> Path:
     return self.directory / "checkpoints"
 
+  @property
+  def selection_dir(self) -> Path:
+    """Where checkpoint selection keeps its best parameters while the stage trains."""
+    return self.directory / "selection"
+
   def done(self) -> bool:
     return (self.directory / "result.json").exists()
 
@@ -68,6 +73,7 @@ class Stage:
       # The checkpoints served resumption; a finished stage no longer needs them (a 7B
       # student's train state is ~90 GB), unless the user keeps them to reuse the model.
       shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+      shutil.rmtree(self.selection_dir, ignore_errors=True)
 
   def clear(self) -> None:
     if jax.process_index() == 0:

@@ -79,6 +79,14 @@ def base() -> ml_collections.ConfigDict:
       checkpoint_every=200,   # orbax checkpoints every N steps and at the end; a rerun resumes
       keep_checkpoints=False,  # keep a finished stage's final checkpoint (else deleted: disk)
   ))
+  # How a student's parameters are chosen (w2s_jax/train/selection.py):
+  #   'final': the last step, as the paper;
+  #   'weak_auroc': early stopping on weak labels (EleutherAI/w2s's default): hold out val_frac of
+  #     half B, labelled by the supervisor, score AUROC against its labels every eval_every steps,
+  #     and keep the best parameters; the student trains on the rest of half B;
+  #   'oracle_auroc': the same, scored against the ground truth: an ORACLE, for analysis only
+  #     (every table marks it).
+  c.selection = ml_collections.ConfigDict(dict(method="final", val_frac=0.2, eval_every=25))
   c.report = ml_collections.ConfigDict(dict(
       # PGR is undefined (null, "n/a") unless the ceiling beats the weak model by at least this
       # many test examples: a gap of one or two examples is noise, and its ratio is meaningless.

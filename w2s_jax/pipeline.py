@@ -38,6 +38,11 @@ from w2s_jax.models import checkpoints, layers
 from w2s_jax.stage_keys import StageConfig
 from w2s_jax.tracking import Tracker
 from w2s_jax.train import loop, losses as losses_lib, metrics as metrics_lib
+from w2s_jax.train import selection as selection_lib
+from w2s_jax.train.selection import BestCheckpoint
+
+SELECTIONS = tuple(selection_lib.METHODS)
+ORACLE_SELECTIONS = selection_lib.ORACLES  # choose by ground truth: analysis only, marked in every table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +181,10 @@ class Experiment:
                         "weakest first, e.g. 'gpt2>gpt2_medium>gpt2_large'")
     for loss in config.losses:
       losses_lib.get_loss(loss, **dict(config.loss_options.get(loss, {})))  # unknown loss: fail now
+    if config.selection.method not in SELECTIONS:
+      raise UserError(f"config.selection.method={config.selection.method!r} is not one of {SELECTIONS}")
+    if config.selection.method != "final" and config.selection.eval_every <= 0:
+      raise UserError(f"config.selection.eval_every={config.selection.eval_every} must be a positive step count")
     if not config.report.min_gap_examples >= 0:
       raise UserError(f"config.report.min_gap_examples={config.report.min_gap_examples} must be >= 0 "
                       "(test examples by which the ceiling must beat the weak model for PGR to be defined)")
@@ -254,9 +263,28 @@ class Experiment:
 
   def fit(self, stage: Stage, view: StageConfig, name: str, model: ModelSpec, cfg: loop.TrainConfig,
           seed: int, task: tasks.TaskData, train_examples: list[tasks.Example], targets: np.ndarray,
-          predict_on: dict[str, list[tasks.Example]]) -> dict[str, np.ndarray]:
-    """Train `model` on examples against soft targets; class logits on each `predict_on` set."""
+          predict_on: dict[str, list[tasks.Example]],
+          validation: tuple[list[tasks.Example], np.ndarray, int] | None = None,
+          ) -> tuple[dict[str, np.ndarray], BestCheckpoint | None]:
+    """Train `model` on examples against soft targets; class logits on each `predict_on` set.
+
+    With `validation` = (examples of the train split, their labels to score against, every N
+    steps), the parameters with the best validation AUROC are kept instead of the last ones;
+    the selector (its best step and history) is returned beside the logits.
+    """
     head_seed = seeds_lib.derive(seed, "head_init", stage.kind, model.name)
+
+    def selector(val_logits):
+      if validation is None:
+        return None
+      examples, labels, every = validation
+      weight = np.ones(len(labels), np.float32)
+
+      def score(params):
+        logits = val_logits(params, examples)
+        return float(metrics_lib.roc_auc(logits[:, 1] - logits[:, 0], labels, weight))
+      return BestCheckpoint(score, every, stage.selection_dir)
+
     with self.tracker.stage(name, stage.spec) as log:
       labels = np.array([e.label for e in train_examples], np.int32)
       if cfg.linear_probe and cfg.cache_features:
@@ -269,23 +297,28 @@ class Experiment:
 
         head = checkpoints.head_only(model.checkpoint, self.mesh, pooling=model.pooling, seed=head_seed,
                                      head_init=view["head_init"], d_model=feats["train_features"].shape[-1])
+        select = selector(lambda params, ex: loop.logits_from_features(head, params, rows(ex, "train")))
         params = loop.train_head(head, rows(train_examples, "train"), labels, self.mesh, cfg, targets=targets,
                                  lengths=rows(train_examples, "train", "lengths"),
-                                 checkpoint_dir=stage.checkpoint_dir, log=log, desc=name)
+                                 checkpoint_dir=stage.checkpoint_dir, log=log, select=select, desc=name)
         return {k: loop.logits_from_features(head, params, rows(ex, "test" if k == "test" else "train"))
-                for k, ex in predict_on.items()}
+                for k, ex in predict_on.items()}, select
       loaded = self.load(model, seed=head_seed, head_init=view["head_init"])
       pad_id = self.tokenizer(model).pad_token_id
 
       def tokenize(examples):
         return batching.tokenize(examples, self.tokenizer(model), view["max_length"])
 
+      def predict(params, data, desc):
+        return loop.predict_logits(loaded, params, data, self.mesh, batch_size=cfg.batch_size, pad_id=pad_id,
+                                   length_buckets=cfg.length_buckets, length_multiple=cfg.length_multiple, desc=desc)
+
+      # The validation set is scored every eval_every steps: tokenized once.
+      val_data = tokenize(validation[0]) if validation is not None else None
+      select = selector(lambda params, ex: predict(params, val_data, f"{name}: validation"))
       params = loop.train(loaded, tokenize(train_examples), self.mesh, cfg, targets=targets, pad_id=pad_id,
-                          checkpoint_dir=stage.checkpoint_dir, log=log, desc=name)
-      return {k: loop.predict_logits(loaded, params, tokenize(ex), self.mesh, batch_size=cfg.batch_size,
-                                     pad_id=pad_id, length_buckets=cfg.length_buckets,
-                                     length_multiple=cfg.length_multiple, desc=f"{name}: {k}")
-              for k, ex in predict_on.items()}
+                          checkpoint_dir=stage.checkpoint_dir, log=log, select=select, desc=name)
+      return {k: predict(params, tokenize(ex), f"{name}: {k}") for k, ex in predict_on.items()}, select
 
   def _load_or_clear(self, stage: Stage) -> tuple[dict, dict] | None:
     if stage.done():
@@ -316,8 +349,8 @@ class Experiment:
       cfg = train_config(view, self.config.train, model, "xent", seed)
       targets = np.eye(2, dtype=np.float32)[[e.label for e in half_a]]
       predict_on = {"test": task.test, "half_b": half_b}
-      logits = self.fit(stage, view, f"ground_truth:{name}:seed{seed}", model, cfg, seed, task, half_a, targets,
-                        predict_on)
+      logits, _ = self.fit(stage, view, f"ground_truth:{name}:seed{seed}", model, cfg, seed, task, half_a,
+                           targets, predict_on)
       result = {"model": name, "seed": seed, **self.test_metrics(logits["test"], task.test)}
       arrays = self._save_predictions(stage, result, logits, predict_on)
     check_join(arrays["test_uids"], task.test, stage, "test")
@@ -346,14 +379,30 @@ class Experiment:
       if view["hard_labels"]:
         targets = np.eye(2, dtype=np.float32)[targets.argmax(-1)]
       predict_on = {"test": task.test, "half_b": half_b}
-      logits = self.fit(stage, view, f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", model, cfg, seed,
-                        task, half_b, targets, predict_on)
+      method = view["selection.method"]
+      fit_on, validation = half_b, None
+      if method != "final":
+        # A validation part of half B: the supervisor labels it (or, for the oracle, the truth scores it).
+        fit_on, val = splits.split_validation(half_b, view["selection.val_frac"],
+                                              seeds_lib.derive(seed, "validation"))
+        row = {e.uid: i for i, e in enumerate(half_b)}
+        val_labels = (np.array([e.label for e in val], np.int32) if method in ORACLE_SELECTIONS
+                      else targets[[row[e.uid] for e in val]].argmax(-1).astype(np.int32))
+        validation = (val, val_labels, view["selection.eval_every"])
+        targets = targets[[row[e.uid] for e in fit_on]]
+      logits, select = self.fit(stage, view, f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", model, cfg,
+                                seed, task, fit_on, targets, predict_on, validation)
       test_labels = np.array([e.label for e in task.test], np.int32)
       result = {"weak": weak, "strong": strong, "loss": loss, "seed": seed,
                 **self.test_metrics(logits["test"], task.test),
                 # imitation of the supervisor on the test set, and misfit to the labels trained on
                 **diagnostics.imitation(logits["test"], weak_arrays["test_logits"], test_labels),
-                **diagnostics.misfit(logits["half_b"], targets)}
+                **diagnostics.misfit(logits["half_b"][[row[e.uid] for e in fit_on]] if validation else
+                                     logits["half_b"], targets),
+                "selection": method, "n_fit": len(fit_on)}
+      if select is not None:
+        result |= {"selected_step": select.best_step, "selection_val_auroc": select.best_score,
+                   "selection_history": select.history, "n_val": len(validation[0])}
       arrays = self._save_predictions(stage, result, logits, predict_on)
     check_join(arrays["test_uids"], task.test, stage, "test")
     check_join(arrays["half_b_uids"], half_b, stage, "half B")
@@ -420,6 +469,7 @@ class Experiment:
               "w2s_auroc": w2s["auroc"],
               "pgr_auroc": report.pgr(weak_result["auroc"], w2s["auroc"], strong_result["auroc"], min_gap=gap),
               **{k: w2s[k] for k in report.DIAGNOSTIC_FIELDS}, "n_test": w2s["n_test"],
+              "selection": w2s["selection"], "selected_step": w2s.get("selected_step"),
           })
           self.tracker.summary(f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", runs[-1])
       for names in self.chains:
@@ -429,7 +479,8 @@ class Experiment:
     results = {"task": self.config.task, "model_order": self.names, "runs": runs,
                "summary": report.summarize(runs),
                "oai_summary": report.summarize_oai(runs, min_gap_examples=min_gap_examples),
-               "min_gap_examples": min_gap_examples,
+               "min_gap_examples": min_gap_examples, "selection": self.config.selection.method,
+               "oracle": self.config.selection.method in ORACLE_SELECTIONS,
                "chains": chains, "chain_summary": report.summarize_chains(chains), "wall_s": time.time() - start,
                "trained_stages": self.trained_stages, "workdir": str(self.workdir)}
     if jax.process_index() == 0:

@@ -259,17 +259,29 @@ def _footnote(results: dict[str, Any]) -> str:
           "95% percentile-bootstrap CI over seeds. Per-run numbers are in results.json.")
 
 
+SELECTION_NOTES = {
+    "weak_auroc": "students' checkpoints selected by AUROC against the supervisor's labels on a held-out part "
+                  "of half B (early stopping on weak labels)",
+    "oracle_auroc": "**ORACLE**: students' checkpoints selected by AUROC against the ground truth of a held-out "
+                    "part of half B; for analysis only, not a weak-to-strong result",
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
+  # An oracle selection is marked in every table, not only in a note that a reader might skip.
+  oracle = " (ORACLE)" if results.get("oracle") else ""
   wall = results.get("wall_s")
   lines = [f"# Weak-to-strong results: {results.get('task', '')}", "",
            (f"wall time: {wall:.1f} s; " if wall is not None else "") +
            "cells: median [min, max] over seeds; mean [95% bootstrap CI]", "",
+           *([f"Selection: {SELECTION_NOTES[results['selection']]}.", ""]
+             if results.get("selection") in SELECTION_NOTES else []),
            "| weak | strong | loss | weak acc | strong ceiling | w2s acc | PGR | PGR mean [95% CI] | PGR (AUROC) | "
            "PGR (AUROC) mean [95% CI] | agreement | seeds | left out |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   pgr_labels = {"pgr": "PGR", "pgr_auroc": "PGR (AUROC)"}
   for row in results["summary"]:
-    lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']} | {_cell(row['weak_acc'])} | "
+    lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']}{oracle} | {_cell(row['weak_acc'])} | "
                  f"{_cell(row['strong_acc'])} | {_cell(row['w2s_acc'])} | {_cell(row['pgr'])} | "
                  f"{_mean_cell(row['pgr'])} | {_cell(row['pgr_auroc'])} | {_mean_cell(row['pgr_auroc'])} | "
                  f"{_cell(row['agreement'])} | {len(row['seeds'])} | {_notes(row, pgr_labels)} |")
@@ -278,7 +290,7 @@ def markdown(results: dict[str, Any]) -> str:
               "| weak | strong | loss | weak acc | strong ceiling | w2s acc | agreement |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in results["summary"]:
-      lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']} | {_mean_cell(row['weak_acc'])} | "
+      lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']}{oracle} | {_mean_cell(row['weak_acc'])} | "
                    f"{_mean_cell(row['strong_acc'])} | {_mean_cell(row['w2s_acc'])} | "
                    f"{_mean_cell(row['agreement'])} |")
   if results["summary"] and "misfit" in results["summary"][0]:
@@ -289,7 +301,7 @@ def markdown(results: dict[str, Any]) -> str:
               "| weak | strong | loss | agreement | supervisor right | supervisor wrong | misfit | misfit KL |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in results["summary"]:
-      lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']} | "
+      lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']}{oracle} | "
                    + " | ".join(_cell(row[f]) for f in ("agreement", "agreement_supervisor_right",
                                                         "agreement_supervisor_wrong", "misfit", "misfit_kl")) + " |")
   if results.get("oai_summary"):
@@ -307,7 +319,7 @@ def markdown(results: dict[str, Any]) -> str:
       return f"{median} | {s['n']} | {out}"
 
     for row in results["oai_summary"]:
-      lines.append(f"| {row['loss']} | {oai_cells(row['pgr'])} | {oai_cells(row['pgr_auroc'])} |")
+      lines.append(f"| {row['loss']}{oracle} | {oai_cells(row['pgr'])} | {oai_cells(row['pgr_auroc'])} |")
   if results.get("chain_summary"):
     lines += ["", "## Bootstrapping chains", "",
               "| chain | loss | weak acc | strong ceiling | chain w2s acc | chain PGR | chain PGR mean [95% CI] | "
@@ -315,7 +327,7 @@ def markdown(results: dict[str, Any]) -> str:
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     chain_labels = {"pgr": "chain PGR", "direct_pgr": "direct PGR"}
     for row in results["chain_summary"]:
-      lines.append(f"| {row['chain']} | {row['loss']} | {_cell(row['weak_acc'])} | {_cell(row['strong_acc'])} | "
+      lines.append(f"| {row['chain']} | {row['loss']}{oracle} | {_cell(row['weak_acc'])} | {_cell(row['strong_acc'])} | "
                    f"{_cell(row['w2s_acc'])} | {_cell(row['pgr'])} | {_mean_cell(row['pgr'])} | "
                    f"{_cell(row['direct_w2s_acc'])} | {_cell(row['direct_pgr'])} | "
                    f"{_mean_cell(row['direct_pgr'])} | {_notes(row, chain_labels)} |")
@@ -332,6 +344,7 @@ def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
 
   Median over seeds with min-max bars; undefined values (None) are skipped, not drawn as zero.
   """
+  oracle = " (ORACLE)" if results.get("oracle") else ""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -364,7 +377,7 @@ def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
       if weak_acc is not None:
         ax.axhline(weak_acc, color=color, lw=0.8, ls=":")
     ax.set_xticks(range(len(strongs)), strongs, rotation=20)
-    ax.set_title(f"loss: {loss}")
+    ax.set_title(f"loss: {loss}{oracle}")
     ax.set_xlabel("strong student")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("test accuracy (median over seeds; bars: min–max)")
@@ -383,7 +396,7 @@ def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
     s = row["pgr"]
     if not _defined(s):
       continue
-    labels.append(f"{row['weak']}→{row['strong']}\n{row['loss']}")
+    labels.append(f"{row['weak']}→{row['strong']}\n{row['loss']}{oracle}")
     medians.append(s["median"])
     lows.append(s["median"] - s["min"])
     highs.append(s["max"] - s["median"])

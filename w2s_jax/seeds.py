@@ -9,6 +9,8 @@ own independent stream so that changing one never moves another by accident:
   | "split"       | which training examples go to half A or B   | the seed                              |
   | "batch_order" | the shuffle (and bucketing) of every epoch  | the seed                              |
   | "head_init"   | the head's initial weights (head_init=normal)| the seed, the stage kind, the model  |
+  | "validation"  | which half-B examples are held out to select | the seed                              |
+  |               | a student's checkpoint (config.selection)    |                                       |
 
 The head's stream also takes the stage kind and the model's name, so two heads of the same
 width (a weak and a strong model with equal d_model, or one model's ground-truth run and its
@@ -19,7 +21,7 @@ same on every machine, process and Python version.
 import hashlib
 import json
 
-PURPOSES = ("subsample", "split", "batch_order", "head_init")
+PURPOSES = ("subsample", "split", "batch_order", "head_init", "validation")
 
 
 def derive(seed: int, purpose: str, *context: str | int) -> int:

@@ -51,7 +51,8 @@ FIELDS = {
     "features": DATA + ("models.{model}.checkpoint", "models.{model}.pooling", "models.{model}.dtype",
                         "train.batch_size", "train.length_buckets", "train.length_multiple"),
     "ground_truth": DATA + ("models.{model}", "train", "head_init"),
-    "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "hard_labels", "loss_options.{loss}"),
+    "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "hard_labels", "loss_options.{loss}",
+                              "selection"),
 }
 
 _ROLE_PREFIXES = {"models.{model}": "model", "loss_options.{loss}": "loss_options"}

@@ -78,3 +78,19 @@ def split_halves(examples: list[Example], seed: int) -> tuple[list[Example], lis
   half_a = [example for example, a in zip(examples, in_a) if a]
   half_b = [example for example, a in zip(examples, in_a) if not a]
   return half_a, half_b
+
+
+def split_validation(examples: list[Example], val_frac: float, seed: int) -> tuple[list[Example], list[Example]]:
+  """(train part, validation part) of `examples` with a seeded permutation; each keeps the input order.
+
+  The validation part holds round(val_frac * n) examples, at least one, and leaves at least
+  one to train on.
+  """
+  if not 0.0 < val_frac < 1.0:
+    raise UserError(f"selection.val_frac={val_frac} must lie strictly between 0 and 1")
+  if len(examples) < 2:
+    raise UserError(f"cannot hold out a validation part of {len(examples)} example(s); raise n_train")
+  n_val = min(max(1, round(val_frac * len(examples))), len(examples) - 1)
+  in_val = np.zeros(len(examples), dtype=bool)
+  in_val[np.random.default_rng(seed).permutation(len(examples))[:n_val]] = True
+  return ([e for e, v in zip(examples, in_val) if not v], [e for e, v in zip(examples, in_val) if v])

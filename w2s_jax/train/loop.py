@@ -25,6 +25,7 @@ from w2s_jax.data.batching import TokenizedSet, batch_order, batches, split_boun
 from w2s_jax.errors import UserError
 from w2s_jax.models.checkpoints import LoadedModel
 from w2s_jax.train import losses, optim, state as state_lib, steps
+from w2s_jax.train.selection import BestCheckpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +100,14 @@ def _checkpoint_manager(directory: Path | None, cfg: TrainConfig) -> ocp.Checkpo
 
 def train(model: LoadedModel, data: TokenizedSet, mesh: Mesh, cfg: TrainConfig, *,
           targets: np.ndarray | None = None, pad_id: int = 0, checkpoint_dir: Path | None = None,
-          log: Callable[[int, dict[str, float]], None] | None = None, desc: str = "train") -> Any:
+          log: Callable[[int, dict[str, float]], None] | None = None, select: BestCheckpoint | None = None,
+          desc: str = "train") -> Any:
   """Fine-tune `model` on tokenized `data` against soft `targets` [N, C] (default: one-hot ground truth).
 
   With `cfg.linear_probe` only the head trains (and with `cfg.cache_features` the pooled
   features are computed once and the backbone never runs again). Returns the trained
-  params. With `checkpoint_dir`, the state is saved every `cfg.checkpoint_every` steps and
+  params (with `select`, the parameters it scored best instead of the last). With `checkpoint_dir`, the
+  state is saved every `cfg.checkpoint_every` steps and
   at the end, and a rerun resumes from the latest save.
   """
   if cfg.linear_probe and cfg.cache_features:
@@ -112,7 +115,7 @@ def train(model: LoadedModel, data: TokenizedSet, mesh: Mesh, cfg: TrainConfig, 
                       length_buckets=cfg.length_buckets, length_multiple=cfg.length_multiple,
                       desc=f"{desc}: caching features")
     return train_head(model, cached, data.labels, mesh, cfg, targets=targets, lengths=data.lengths,
-                      checkpoint_dir=checkpoint_dir, log=log, desc=desc)
+                      checkpoint_dir=checkpoint_dir, log=log, select=select, desc=desc)
 
   # The padded lengths depend on the split alone: fitted once, not once per epoch.
   boundaries = split_boundaries(data.lengths, cfg.batch_size, cfg.length_buckets, cfg.length_multiple)
@@ -123,13 +126,13 @@ def train(model: LoadedModel, data: TokenizedSet, mesh: Mesh, cfg: TrainConfig, 
                    process_index=jax.process_index(), process_count=jax.process_count())
 
   return _run(model, epoch_batches, len(data), mesh, cfg, on_features=False, checkpoint_dir=checkpoint_dir,
-              log=log, desc=desc)
+              log=log, select=select, desc=desc)
 
 
 def train_head(model: LoadedModel, cached_features: np.ndarray, labels: np.ndarray, mesh: Mesh,
                cfg: TrainConfig, *, targets: np.ndarray | None = None, lengths: np.ndarray | None = None,
                checkpoint_dir: Path | None = None, log: Callable[[int, dict[str, float]], None] | None = None,
-               desc: str = "train head") -> Any:
+               select: BestCheckpoint | None = None, desc: str = "train head") -> Any:
   """Train only the head on cached pooled features [N, D] (the fast linear probe).
 
   `model.params` needs only the head: the backbone is never run here. `lengths` [N] are the
@@ -144,13 +147,14 @@ def train_head(model: LoadedModel, cached_features: np.ndarray, labels: np.ndarr
                             lengths=lengths, bucket=cfg.bucket)
 
   return _run(model, epoch_batches, len(labels), mesh, cfg, on_features=True, checkpoint_dir=checkpoint_dir,
-              log=log, desc=desc)
+              log=log, select=select, desc=desc)
 
 
 def _run(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, np.ndarray]]], n_examples: int,
          mesh: Mesh, cfg: TrainConfig, *, on_features: bool, checkpoint_dir: Path | None,
-         log: Callable[[int, dict[str, float]], None] | None, desc: str) -> Any:
-  """The loop itself: optimizer, sharded state, resume, steps, metrics, checkpoints."""
+         log: Callable[[int, dict[str, float]], None] | None, desc: str,
+         select: BestCheckpoint | None = None) -> Any:
+  """The loop itself: optimizer, sharded state, resume, steps, metrics, checkpoints, selection."""
   n_steps = total_steps(n_examples, cfg)
   tx = optim.make_optimizer(name=cfg.optimizer, lr=cfg.lr, total_steps=n_steps, schedule=cfg.schedule,
                             warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
@@ -170,6 +174,9 @@ def _run(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, n
                             state_shardings)
     state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
     state = state_lib.TrainState(*state) if not isinstance(state, state_lib.TrainState) else state
+  if select is not None:
+    select.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                state.params))
 
   def all_batches():
     step, epoch = 0, 0
@@ -201,10 +208,16 @@ def _run(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, n
       _check_finite(jax.device_get([m["loss"] for m in pending]), step, desc)
     if save:
       manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    if select is not None:
+      select.observe(step, state.params, last=step == n_steps)
   bar.close()
   if manager is not None:
     manager.wait_until_finished()
     manager.close()
+  if select is not None:
+    # The last step is always scored (a no-op if it was, e.g. before an interruption).
+    select.observe(step, state.params, last=True)
+    return select.best_params
   return state.params
 
 
