@@ -111,3 +111,13 @@ def test_feature_batches_group_lengths_like_token_batches_when_bucketed():
 
 def _tiny_dir(root):
   return tiny_models.save_gpt2(root / "gpt2", n_embd=4, n_layer=1)
+
+
+def test_inference_reuses_one_jitted_eval_step_per_model(setup):
+  """Checkpoint selection scores a validation set every few steps: it must not compile each time."""
+  model_dir, data = setup
+  mesh = sharding.make_mesh(data=2, fsdp=1)
+  model = fresh(model_dir, mesh)
+  first = loop._eval_step(model, model.params, mesh, features_only=False)
+  assert loop._eval_step(model, model.params, mesh, features_only=False) is first
+  assert loop._eval_step(model, model.params, mesh, features_only=True) is not first

@@ -239,11 +239,28 @@ def _flush(pending: list[dict[str, jax.Array]], step: int, log, desc: str) -> No
     log(step, mean)
 
 
+# Jitted eval steps by (module, mesh, features_only, param shardings): checkpoint selection scores a
+# validation set every few steps, and a fresh jax.jit per call would compile every time.
+_EVAL_STEPS: dict[tuple, tuple[Any, Callable]] = {}
+
+
+def _eval_step(model: LoadedModel, params: Any, mesh: Mesh, features_only: bool) -> Callable:
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  leaves, treedef = jax.tree.flatten(param_shardings)
+  key = (id(model.module), id(mesh), features_only, treedef, tuple(leaves))
+  if key not in _EVAL_STEPS:
+    if len(_EVAL_STEPS) > 32:  # one sweep touches few models; do not keep old ones alive forever
+      _EVAL_STEPS.clear()
+    # The module is kept with its step, so that its id cannot be reused while the entry lives.
+    _EVAL_STEPS[key] = (model.module, steps.make_eval_step(model.module, mesh, param_shardings,
+                                                           features_only=features_only))
+  return _EVAL_STEPS[key][1]
+
+
 def _inference(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int,
                pad_id: int, features_only: bool, desc: str, length_buckets: int = 16,
                length_multiple: int = 1) -> np.ndarray:
-  param_shardings = jax.tree.map(lambda x: x.sharding, params)
-  eval_step = steps.make_eval_step(model.module, mesh, param_shardings, features_only=features_only)
+  eval_step = _eval_step(model, params, mesh, features_only)
   out: np.ndarray | None = None
   stream = batches(data, batch_size, shuffle=False, seed=0, bucket=True, pad_id=pad_id,
                    length_buckets=length_buckets, length_multiple=length_multiple,
