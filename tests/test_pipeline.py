@@ -231,3 +231,13 @@ def test_early_stopping_on_weak_labels_and_the_oracle_marked_in_every_table(asse
   assert table_rows and all("xent (ORACLE)" in l for l in table_rows)
   with pytest.raises(UserError, match="selection.method='best' is not one of"):
     pipeline.run(tiny_config(assets, **{"selection.method": "best"}), tmp_path)
+
+
+def test_a_checkpoint_retrained_into_the_same_directory_gets_a_new_key(tmp_path):
+  directory = tmp_path / "model"
+  tiny_models.save_gpt2(directory, n_embd=128, n_layer=2, seed=0)  # ~1.6 MB: hashed by sampled regions
+  first = pipeline.checkpoint_fingerprint(str(directory))
+  assert pipeline.checkpoint_fingerprint(str(directory)) == first
+  tiny_models.save_gpt2(directory, n_embd=128, n_layer=2, seed=1)  # same shapes and size, other weights
+  assert pipeline.checkpoint_fingerprint(str(directory)) != first
+  assert pipeline.checkpoint_fingerprint("openai-community/gpt2") == "openai-community/gpt2"

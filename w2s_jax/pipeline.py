@@ -193,6 +193,7 @@ class Experiment:
     self.tracker = Tracker(self.workdir, config.to_dict(), mode=config.wandb.mode, project=config.wandb.project,
                            entity=config.wandb.entity, group=config.wandb.group)
     self._tokenizers: dict[str, Any] = {}
+    self._fingerprints: dict[str, str] = {}  # "task" and each model's name -> content hash
     self._features: dict[str, dict[str, np.ndarray]] = {}  # features stages already loaded in this run
     self.trained_stages = 0  # how many stages this process actually trained (0 on a cached rerun)
 
@@ -228,9 +229,14 @@ class Experiment:
   def stage(self, kind: str, *, model: str, loss: str | None = None, **extra: Any) -> tuple[Stage, StageConfig]:
     """The stage of `kind` for `model` (and `loss`), and the view of the config fields in its key."""
     values = stage_keys.config_values(self.config, kind, model=model, loss=loss)
+    # Content hashes are taken once per run: a large data file is read once, not once per stage.
+    if "task" not in self._fingerprints:
+      self._fingerprints["task"] = _task_fingerprint(self.config.task)
+    if model not in self._fingerprints:
+      self._fingerprints[model] = checkpoint_fingerprint(self.models[model].checkpoint)
     spec = {"version": stage_keys.VERSIONS[kind], "config": values, "model_name": model,
-            "task_fingerprint": _task_fingerprint(self.config.task),
-            "checkpoint_fingerprint": checkpoint_fingerprint(self.models[model].checkpoint), **extra}
+            "task_fingerprint": self._fingerprints["task"], "checkpoint_fingerprint": self._fingerprints[model],
+            **extra}
     if loss is not None:
       spec["loss"] = loss
     return self.store.stage(kind, spec), StageConfig(kind, values)
