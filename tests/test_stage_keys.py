@@ -76,3 +76,19 @@ def test_every_model_field_exists_with_its_default_so_the_command_line_can_set_i
   for path in CONFIGS:
     for name, entry in load_config(path).models.items():
       assert set(entry.keys()) == fields, (path.name, name)
+
+
+def test_a_code_version_bump_changes_the_stage_key(tmp_path, monkeypatch):
+  c = base()
+  c.models.m = model("some/checkpoint", 1e-3)
+  c.model_order = ("m",)
+  c.wandb.mode = "disabled"
+  c.mesh.data = 1
+  experiment = pipeline.Experiment(finalize(c), tmp_path)
+  before, _ = experiment.stage("ground_truth", model="m", seed=0)
+  assert before.spec["version"] == stage_keys.VERSIONS["ground_truth"]
+  monkeypatch.setitem(stage_keys.VERSIONS, "ground_truth", stage_keys.VERSIONS["ground_truth"] + 1)
+  after, _ = experiment.stage("ground_truth", model="m", seed=0)
+  assert after.key != before.key
+  again, _ = experiment.stage("ground_truth", model="m", seed=1)
+  assert again.key != after.key  # and the seed enters it too
