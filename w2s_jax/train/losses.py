@@ -299,9 +299,10 @@ def window(logits: jax.Array, targets: jax.Array, weight: jax.Array,
   del progress
   logits = logits.astype(jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
-  uncertain = (jnp.max(probs, axis=-1) < 0.5 + radius).astype(jnp.float32)  # [batch]
-  loss = _masked_mean(uncertain * soft_cross_entropy(logits, targets), weight)
-  return loss, {"uncertain_frac": _masked_mean(uncertain, weight)}
+  uncertain = jnp.max(probs, axis=-1) < 0.5 + radius  # [batch]
+  # where(), not a product: a confident row contributes exactly 0 whatever its cross-entropy.
+  loss = _masked_mean(jnp.where(uncertain, soft_cross_entropy(logits, targets), 0.0), weight)
+  return loss, {"uncertain_frac": _masked_mean(uncertain.astype(jnp.float32), weight)}
 
 
 LOSSES: dict[str, LossFn] = {
