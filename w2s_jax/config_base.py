@@ -60,6 +60,9 @@ def base() -> ml_collections.ConfigDict:
       window=dict(radius=0.15),
   ))
   c.hard_labels = False     # train students on argmax weak labels instead of soft ones
+  # Confidence filtering: drop this fraction of half B whose weak labels are least confident
+  # (|p(class 1) - 1/2| smallest) before the student trains (w2s_jax/student_data.py).
+  c.label_filter = ml_collections.ConfigDict(dict(drop_frac=0.0))
   c.seeds = (0,)            # each seed: its own subsample (unless data_seed), A/B split, batch order, head init
   c.head_init = "zeros"     # the paper's zero-initialised head; 'normal' is EleutherAI's
 

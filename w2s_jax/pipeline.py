@@ -36,6 +36,7 @@ from w2s_jax.data import batching, splits, tasks
 from w2s_jax.errors import UserError
 from w2s_jax.models import checkpoints, layers
 from w2s_jax.stage_keys import StageConfig
+from w2s_jax.student_data import student_data
 from w2s_jax.tracking import Tracker
 from w2s_jax.train import loop, losses as losses_lib, metrics as metrics_lib
 from w2s_jax.train import selection as selection_lib
@@ -381,34 +382,21 @@ class Experiment:
       result, arrays = cached
     else:
       cfg = train_config(view, self.config.train, model, loss, seed)
-      targets = loop.softmax(weak_arrays["half_b_logits"])
-      if view["hard_labels"]:
-        targets = np.eye(2, dtype=np.float32)[targets.argmax(-1)]
+      data = student_data(view, half_b, loop.softmax(weak_arrays["half_b_logits"]), seed)
       predict_on = {"test": task.test, "half_b": half_b}
-      method = view["selection.method"]
-      fit_on, validation = half_b, None
-      if method != "final":
-        # A validation part of half B: the supervisor labels it (or, for the oracle, the truth scores it).
-        fit_on, val = splits.split_validation(half_b, view["selection.val_frac"],
-                                              seeds_lib.derive(seed, "validation"))
-        row = {e.uid: i for i, e in enumerate(half_b)}
-        val_labels = (np.array([e.label for e in val], np.int32) if method in ORACLE_SELECTIONS
-                      else targets[[row[e.uid] for e in val]].argmax(-1).astype(np.int32))
-        validation = (val, val_labels, view["selection.eval_every"])
-        targets = targets[[row[e.uid] for e in fit_on]]
       logits, select = self.fit(stage, view, f"weak_to_strong:{weak}->{strong}:{loss}:seed{seed}", model, cfg,
-                                seed, task, fit_on, targets, predict_on, validation)
+                                seed, task, data.examples, data.targets, predict_on, data.validation)
       test_labels = np.array([e.label for e in task.test], np.int32)
+      row = {e.uid: i for i, e in enumerate(half_b)}
       result = {"weak": weak, "strong": strong, "loss": loss, "seed": seed,
                 **self.test_metrics(logits["test"], task.test),
                 # imitation of the supervisor on the test set, and misfit to the labels trained on
                 **diagnostics.imitation(logits["test"], weak_arrays["test_logits"], test_labels),
-                **diagnostics.misfit(logits["half_b"][[row[e.uid] for e in fit_on]] if validation else
-                                     logits["half_b"], targets),
-                "selection": method, "n_fit": len(fit_on)}
+                **diagnostics.misfit(logits["half_b"][[row[e.uid] for e in data.examples]], data.targets),
+                "selection": view["selection.method"], "n_fit": len(data.examples), "n_dropped": data.n_dropped}
       if select is not None:
         result |= {"selected_step": select.best_step, "selection_val_auroc": select.best_score,
-                   "selection_history": select.history, "n_val": len(validation[0])}
+                   "selection_history": select.history, "n_val": len(data.validation[0])}
       arrays = self._save_predictions(stage, result, logits, predict_on)
     check_join(arrays["test_uids"], task.test, stage, "test")
     check_join(arrays["half_b_uids"], half_b, stage, "half B")

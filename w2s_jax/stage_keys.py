@@ -52,7 +52,7 @@ FIELDS = {
                         "train.batch_size", "train.length_buckets", "train.length_multiple"),
     "ground_truth": DATA + ("models.{model}", "train", "head_init"),
     "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "hard_labels", "loss_options.{loss}",
-                              "selection"),
+                              "label_filter", "selection"),
 }
 
 _ROLE_PREFIXES = {"models.{model}": "model", "loss_options.{loss}": "loss_options"}
