@@ -42,9 +42,6 @@ from w2s_jax.train import loop, losses as losses_lib, metrics as metrics_lib
 from w2s_jax.train import selection as selection_lib
 from w2s_jax.train.selection import BestCheckpoint
 
-SELECTIONS = tuple(selection_lib.METHODS)
-ORACLE_SELECTIONS = selection_lib.ORACLES  # choose by ground truth: analysis only, marked in every table
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -182,8 +179,9 @@ class Experiment:
                         "weakest first, e.g. 'gpt2>gpt2_medium>gpt2_large'")
     for loss in config.losses:
       losses_lib.get_loss(loss, **dict(config.loss_options.get(loss, {})))  # unknown loss: fail now
-    if config.selection.method not in SELECTIONS:
-      raise UserError(f"config.selection.method={config.selection.method!r} is not one of {SELECTIONS}")
+    if config.selection.method not in selection_lib.METHODS:
+      raise UserError(f"config.selection.method={config.selection.method!r} is not one of "
+                      f"{tuple(selection_lib.METHODS)}")
     if config.selection.method != "final" and config.selection.eval_every <= 0:
       raise UserError(f"config.selection.eval_every={config.selection.eval_every} must be a positive step count")
     if not config.report.min_gap_examples >= 0:
@@ -282,13 +280,14 @@ class Experiment:
     head_seed = seeds_lib.derive(seed, "head_init", stage.kind, model.name)
 
     def selector(val_logits):
+      """A BestCheckpoint scoring val_logits(params) [n_val, 2] by AUROC against the validation labels."""
       if validation is None:
         return None
-      examples, labels, every = validation
+      _, labels, every = validation
       weight = np.ones(len(labels), np.float32)
 
       def score(params):
-        logits = val_logits(params, examples)
+        logits = val_logits(params)
         return float(metrics_lib.roc_auc(logits[:, 1] - logits[:, 0], labels, weight))
       return BestCheckpoint(score, every, stage.selection_dir)
 
@@ -304,7 +303,9 @@ class Experiment:
 
         head = checkpoints.head_only(model.checkpoint, self.mesh, pooling=model.pooling, seed=head_seed,
                                      head_init=view["head_init"], d_model=feats["train_features"].shape[-1])
-        select = selector(lambda params, ex: loop.logits_from_features(head, params, rows(ex, "train")))
+        # The validation rows are gathered once, not at every evaluation.
+        val_features = rows(validation[0], "train") if validation is not None else None
+        select = selector(lambda params: loop.logits_from_features(head, params, val_features))
         params = loop.train_head(head, rows(train_examples, "train"), labels, self.mesh, cfg, targets=targets,
                                  lengths=rows(train_examples, "train", "lengths"),
                                  checkpoint_dir=stage.checkpoint_dir, log=log, select=select, desc=name)
@@ -322,7 +323,7 @@ class Experiment:
 
       # The validation set is scored every eval_every steps: tokenized once.
       val_data = tokenize(validation[0]) if validation is not None else None
-      select = selector(lambda params, ex: predict(params, val_data, f"{name}: validation"))
+      select = selector(lambda params: predict(params, val_data, f"{name}: validation"))
       params = loop.train(loaded, tokenize(train_examples), self.mesh, cfg, targets=targets, pad_id=pad_id,
                           checkpoint_dir=stage.checkpoint_dir, log=log, select=select, desc=name)
       return {k: predict(params, tokenize(ex), f"{name}: {k}") for k, ex in predict_on.items()}, select
@@ -474,7 +475,7 @@ class Experiment:
                "summary": report.summarize(runs),
                "oai_summary": report.summarize_oai(runs, min_gap_examples=min_gap_examples),
                "min_gap_examples": min_gap_examples, "selection": self.config.selection.method,
-               "oracle": self.config.selection.method in ORACLE_SELECTIONS,
+               "oracle": self.config.selection.method in selection_lib.ORACLES,
                "chains": chains, "chain_summary": report.summarize_chains(chains), "wall_s": time.time() - start,
                "trained_stages": self.trained_stages, "workdir": str(self.workdir)}
     if jax.process_index() == 0:
