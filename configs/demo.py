@@ -27,7 +27,7 @@ def get_config(arg: str | None = None):
   ))
   c.model_order = ("minilm_l3", "mpnet")
   c.pairs = "all"
-  c.losses = ("xent", "logconf")
+  c.methods = ("xent", "logconf")
   c.seeds = (0, 1, 2)                   # each seed: a new A/B split and a new head init/order
   c.head_init = "zeros"
   c.train.linear_probe = True

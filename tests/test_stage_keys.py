@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from w2s_jax import pipeline, stage_keys
+from w2s_jax import stage_keys
+from w2s_jax.protocol import context
 from w2s_jax.config_base import MODEL_DEFAULTS, base, finalize, model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +46,10 @@ def test_keys_hold_the_fields_a_stage_reads_and_not_the_runtime_ones():
   assert gt["head_init"] == "zeros" and gt["model.lr"] == 1e-3 and gt["train.epochs"] == 2.0
   assert not any(stage_keys.runtime_only(k) or k.startswith(("wandb", "mesh", "report")) for k in gt)
   assert "train.log_every" not in gt and "train.checkpoint_every" not in gt
-  w2s = stage_keys.config_values(c, "weak_to_strong", model="m", loss="logconf")
-  assert w2s["loss_options.alpha_max"] == 0.5 and w2s["hard_labels"] is False
-  assert not any(k.startswith("loss_options") for k in stage_keys.config_values(c, "weak_to_strong", model="m",
-                                                                                   loss="xent"))
+  w2s = stage_keys.config_values(c, "weak_to_strong", model="m", methods=("single", "logconf", "weak_auroc"))
+  assert w2s["method_options.logconf.alpha_max"] == 0.5 and w2s["method_options.weak_auroc.val_frac"] == 0.2
+  assert not any(k.startswith("method_options") for k in stage_keys.config_values(c, "weak_to_strong", model="m",
+                                                                                     methods=("single", "xent")))
   feats = stage_keys.config_values(c, "features", model="m")
   assert set(feats) == {"task", "n_train", "n_test", "balance", "max_length", "data_seed", "model.checkpoint",
                         "model.pooling", "model.dtype", "train.batch_size", "train.length_buckets",
@@ -71,7 +72,7 @@ def test_every_model_field_exists_with_its_default_so_the_command_line_can_set_i
   done = subprocess.run([sys.executable, str(REPO / "launch" / "main.py"), "--config=configs/demo.py", *overrides],
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert done.returncode == 2 and "give --config" in done.stderr, done.stderr
-  fields = {f.name for f in pipeline.dataclasses.fields(pipeline.ModelSpec)} - {"name"}
+  fields = {f.name for f in context.dataclasses.fields(context.ModelSpec)} - {"name"}
   assert set(MODEL_DEFAULTS) | {"checkpoint", "lr"} == fields
   for path in CONFIGS:
     for name, entry in load_config(path).models.items():
@@ -84,7 +85,7 @@ def test_a_code_version_bump_changes_the_stage_key(tmp_path, monkeypatch):
   c.model_order = ("m",)
   c.wandb.mode = "disabled"
   c.mesh.data = 1
-  experiment = pipeline.Experiment(finalize(c), tmp_path)
+  experiment = context.Context(finalize(c), tmp_path)
   before, _ = experiment.stage("ground_truth", model="m", seed=0)
   assert before.spec["version"] == stage_keys.VERSIONS["ground_truth"]
   monkeypatch.setitem(stage_keys.VERSIONS, "ground_truth", stage_keys.VERSIONS["ground_truth"] + 1)

@@ -10,6 +10,8 @@ Every field either enters the cache key of each stage it can affect or is runtim
 
 import ml_collections
 
+from w2s_jax import methods
+
 
 def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
   """One model of the sweep: a HF checkpoint (directory or hub id) and its learning rate.
@@ -52,17 +54,16 @@ def base() -> ml_collections.ConfigDict:
   c.model_order = ()        # the models' names, weakest first (ConfigDict keys have no order)
   c.pairs = "all"           # 'all' | 'all+self' | 'weak:strong,weak:strong'
   c.chains = ()             # bootstrapping, e.g. ('gpt2>gpt2_medium>gpt2_large',): each student labels for the next
-  c.losses = ("xent", "logconf")
-  c.loss_options = ml_collections.ConfigDict(dict(
-      logconf=dict(alpha_max=0.5, warmup_frac=0.1, schedule="linear"),  # 'oai_jump' reproduces OAI's code
-      product=dict(alpha=1.0, beta=1.0),
-      entropy=dict(alpha_max=0.5, warmup_frac=0.1, schedule="linear"),  # EleutherAI's negative controls
-      window=dict(radius=0.15),
-  ))
-  c.hard_labels = False     # train students on argmax weak labels instead of soft ones
-  # Confidence filtering: drop this fraction of half B whose weak labels are least confident
-  # (|p(class 1) - 1/2| smallest) before the student trains (w2s_jax/student_data.py).
-  c.label_filter = ml_collections.ConfigDict(dict(drop_frac=0.0))
+  # How a chain's students relabel half B: 'in_sample' (each labels the half B it trained on, the
+  # paper) and/or 'held_out' (half B cut into one disjoint part per link); both are reported.
+  c.chain_relabel = ("in_sample", "held_out")
+  # What each student is trained with: one method name per student, or methods of different kinds
+  # joined by '+' ('xent+weak_auroc'); a kind not named takes its default (w2s_jax/methods/).
+  # `python launch/main.py --list_methods` prints them all.
+  c.methods = ("xent", "logconf")
+  # Every registered method's options, with their defaults; each enters the key of the students
+  # that use it, so changing one retrains exactly those.
+  c.method_options = ml_collections.ConfigDict(methods.default_options())
   c.seeds = (0,)            # each seed: its own subsample (unless data_seed), A/B split, batch order, head init
   c.head_init = "zeros"     # the paper's zero-initialised head; 'normal' is EleutherAI's
 
@@ -82,14 +83,6 @@ def base() -> ml_collections.ConfigDict:
       checkpoint_every=200,   # orbax checkpoints every N steps and at the end; a rerun resumes
       keep_checkpoints=False,  # keep a finished stage's final checkpoint (else deleted: disk)
   ))
-  # How a student's parameters are chosen (w2s_jax/train/selection.py):
-  #   'final': the last step, as the paper;
-  #   'weak_auroc': early stopping on weak labels (EleutherAI/w2s's default): hold out val_frac of
-  #     half B, labelled by the supervisor, score AUROC against its labels every eval_every steps,
-  #     and keep the best parameters; the student trains on the rest of half B;
-  #   'oracle_auroc': the same, scored against the ground truth: an ORACLE, for analysis only
-  #     (every table marks it).
-  c.selection = ml_collections.ConfigDict(dict(method="final", val_frac=0.2, eval_every=25))
   c.report = ml_collections.ConfigDict(dict(
       # PGR is undefined (null, "n/a") unless the ceiling beats the weak model by at least this
       # many test examples: a gap of one or two examples is noise, and its ratio is meaningless.

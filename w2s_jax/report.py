@@ -1,4 +1,4 @@
-"""Results: PGR per run, summaries over seeds, results.json / results.md / PNG plots.
+"""Results: PGR per run, summaries over seeds, a ranked comparison of methods, results.json / results.md / PNGs.
 
 PGR = (w2s − weak) / (strong ceiling − weak), on accuracy and on ROC AUC. It is undefined (None; null in JSON,
 "n/a" in the tables) where the ceiling is not clearly above the weak model, strong − weak < `min_gap`: a
@@ -8,11 +8,19 @@ test examples (`min_gap_examples / n_test`); see `DEFAULT_MIN_GAP_EXAMPLES`.
 Two aggregations over seeds are reported:
 
 * `summarize` (our choice, the main table): each seed's PGR uses that seed's own weak and ceiling numbers, and
-  a (weak, strong, loss) row gives the median over seeds with min, max, mean, std and a 95% bootstrap CI of the
+  a (weak, strong, method) row gives the median over seeds with min, max, mean, std and a 95% bootstrap CI of the
   mean. Seeds whose PGR is undefined are left out and counted (`n_left_out`).
 * `summarize_oai` (how the paper's code does it, openai/weak-to-strong notebooks/Plotting.ipynb): the weak and
   ceiling accuracies are averaged over seeds first, each run's PGR is taken against those averages, and the
-  median is over all pairs and seeds together, one number per loss. The two can differ, so both are written.
+  median is over all pairs and seeds together, one number per method. The two can differ, so both are written.
+
+`compare_methods` ranks the methods of each (weak, strong) pair by median PGR and measures each against a
+baseline method seed by seed (the same seed shares the data split and the weak model, so the paired difference
+is less noisy than two separate medians).
+
+A method is a student's training recipe ("xent", "xent+weak_auroc", "ensemble+xent", ...). A run whose method used
+ground truth (`oracle`, e.g. checkpoint selection against true labels) is for analysis only and is marked
+" (ORACLE)" in every table and plot label.
 """
 
 import json
@@ -46,10 +54,17 @@ DIAGNOSTIC_FIELDS = ("agreement", "agreement_supervisor_right", "agreement_super
                      "misfit", "misfit_kl")
 RUN_FIELDS = ("weak_acc", "strong_acc", "w2s_acc", "pgr", "weak_auroc", "strong_auroc", "w2s_auroc", "pgr_auroc",
               *DIAGNOSTIC_FIELDS)
-CHAIN_FIELDS = ("weak_acc", "strong_acc", "w2s_acc", "direct_w2s_acc", "pgr", "direct_pgr")
+CHAIN_FIELDS = ("weak_acc", "strong_acc", "w2s_acc", "direct_w2s_acc", "pgr", "direct_pgr",
+                "weak_auroc", "strong_auroc", "w2s_auroc", "direct_w2s_auroc", "pgr_auroc", "direct_pgr_auroc")
 # PGR field -> the (weak, w2s, strong) fields it is computed from, to say why a value is missing.
 PGR_INPUTS = {"pgr": ("weak_acc", "w2s_acc", "strong_acc"), "pgr_auroc": ("weak_auroc", "w2s_auroc", "strong_auroc"),
-              "direct_pgr": ("weak_acc", "direct_w2s_acc", "strong_acc")}
+              "direct_pgr": ("weak_acc", "direct_w2s_acc", "strong_acc"),
+              "direct_pgr_auroc": ("weak_auroc", "direct_w2s_auroc", "strong_auroc")}
+# What `compare_methods` ranks and pairs against the baseline, and what it reports beside them.
+COMPARED_PGRS = ("pgr", "pgr_auroc")
+COMPARED_FIELDS = ("w2s_acc", "w2s_auroc", "agreement_supervisor_right", "agreement_supervisor_wrong", "misfit",
+                   "n_fit")
+ORACLE_MARK = " (ORACLE)"
 
 
 def min_gap(n_test: int, min_gap_examples: float) -> float:
@@ -124,14 +139,25 @@ def _left_out(group: list[dict[str, Any]], fields: tuple[str, ...]) -> dict[str,
   return out
 
 
-def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One row per (weak, strong, loss): each metric's spread over seeds, per-seed PGR (see the module doc)."""
+def _group(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:
+  """Rows by the values of `keys`, groups in the order they first appear."""
   groups: dict[tuple, list[dict]] = defaultdict(list)
-  for run in runs:
-    groups[(run["weak"], run["strong"], run["loss"])].append(run)
+  for row in rows:
+    groups[tuple(row[k] for k in keys)].append(row)
+  return groups
+
+
+def _oracle(group: list[dict[str, Any]]) -> bool:
+  """Did any run of the group use ground truth? One such seed is enough to make the row analysis-only."""
+  return any(bool(r.get("oracle")) for r in group)
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One row per (weak, strong, method): each metric's spread over seeds, per-seed PGR (see the module doc)."""
   summary = []
-  for (weak, strong, loss), group in groups.items():
-    row = {"weak": weak, "strong": strong, "loss": loss, "seeds": [r["seed"] for r in group]}
+  for (weak, strong, method), group in _group(runs, ("weak", "strong", "method")).items():
+    row = {"weak": weak, "strong": strong, "method": method, "oracle": _oracle(group),
+           "seeds": [r["seed"] for r in group]}
     for field in RUN_FIELDS:
       row[field] = _spread([r.get(field) for r in group])
     row["left_out"] = _left_out(group, RUN_FIELDS)
@@ -140,52 +166,50 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summarize_chains(chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One row per (chain, loss): the chain's final accuracy and PGR vs the direct weak->strong run."""
-  groups: dict[tuple, list[dict]] = defaultdict(list)
-  for c in chains:
-    groups[(c["chain"], c["loss"])].append(c)
-  return [{"chain": chain, "loss": loss, "seeds": [c["seed"] for c in group],
+  """One row per (chain, method, relabel): the chain's final numbers and PGR vs the direct weak->strong run."""
+  return [{"chain": chain, "method": method, "relabel": relabel, "oracle": _oracle(group),
+           "seeds": [c["seed"] for c in group],
            **{f: _spread([c.get(f) for c in group]) for f in CHAIN_FIELDS},
            "left_out": _left_out(group, CHAIN_FIELDS)}
-          for (chain, loss), group in groups.items()]
+          for (chain, method, relabel), group in _group(chains, ("chain", "method", "relabel")).items()]
 
 
 def _seed_mean(group: list[dict[str, Any]], field: str) -> float | None:
-  """Mean over seeds of a per-seed number (one value per seed: every loss of a seed shares it)."""
+  """Mean over seeds of a per-seed number (one value per seed: the group's runs of a seed share it)."""
   per_seed = {r["seed"]: r.get(field) for r in group if _finite(r.get(field))}
   return float(np.mean(list(per_seed.values()))) if per_seed else None
 
 
 def summarize_oai(runs: list[dict[str, Any]], *,
                   min_gap_examples: float = DEFAULT_MIN_GAP_EXAMPLES) -> list[dict[str, Any]]:
-  """PGR aggregated as the paper's code does: one median per loss, on accuracy and on AUROC.
+  """PGR aggregated as the paper's code does: one median per method, on accuracy and on AUROC.
 
-  For each (weak, strong) pair: average the weak and the ceiling numbers over the pair's seeds (one value per
-  seed); a pair whose averaged gap is under `min_gap(n_test, min_gap_examples)` (n_test: the smallest of its
-  runs', the strictest floor) is left out with all its runs. Each remaining run's PGR is (its w2s − mean weak) /
-  (mean ceiling − mean weak); a run whose w2s number is missing is left out. The median is over all those
-  runs, all pairs and seeds together, per loss. The paper's notebook averages per model over its seeds, the
+  For each (weak, strong) pair: average the ceiling over the pair's seeds and the supervisor's (weak) numbers over
+  the method's seeds of the pair (one value per seed; they differ by method for an ensemble supervisor); a pair
+  whose averaged gap is under `min_gap(n_test, min_gap_examples)` (n_test: the smallest of its runs', the
+  strictest floor) is left out with all the method's runs on it. Each remaining run's PGR is (its w2s − mean
+  weak) / (mean ceiling − mean weak); a run whose w2s number is missing is left out. The median is over all those
+  runs, all pairs and seeds together, per method. The paper's notebook averages per model over its seeds, the
   same numbers when every pair ran every seed, and leaves out gaps <= 0 only (we use the same floor as
   `summarize`).
 
-  Returns one row per loss: {"loss", "min_gap_examples", "pgr": stats, "pgr_auroc": stats}, stats being
-  {"median" (None if no run is left), "n" (runs used), "n_left_out" (runs left out), "n_pairs",
+  Returns one row per method: {"method", "oracle", "min_gap_examples", "pgr": stats, "pgr_auroc": stats},
+  stats being {"median" (None if no run is left), "n" (runs used), "n_left_out" (runs left out), "n_pairs",
   "n_pairs_left_out", "left_out_pairs" (["weak->strong", ...])}.
   """
-  pairs: dict[tuple, list[dict]] = defaultdict(list)
-  for run in runs:
-    pairs[(run["weak"], run["strong"])].append(run)
-  losses = list(dict.fromkeys(r["loss"] for r in runs))
+  pairs = _group(runs, ("weak", "strong"))
   rows = []
-  for loss in losses:
-    row: dict[str, Any] = {"loss": loss, "min_gap_examples": min_gap_examples}
+  for (method,), method_runs in _group(runs, ("method",)).items():
+    row: dict[str, Any] = {"method": method, "oracle": _oracle(method_runs), "min_gap_examples": min_gap_examples}
     for field, (weak_f, w2s_f, strong_f) in (("pgr", PGR_INPUTS["pgr"]), ("pgr_auroc", PGR_INPUTS["pgr_auroc"])):
       values, n_left_out, n_pairs, left_out_pairs = [], 0, 0, []
       for (weak, strong), group in pairs.items():
-        mine = [r for r in group if r["loss"] == loss]
+        mine = [r for r in group if r["method"] == method]
         if not mine:
           continue
-        weak_mean, strong_mean = _seed_mean(group, weak_f), _seed_mean(group, strong_f)
+        # The supervisor's numbers are the method's own (an ensemble supervisor differs from the single weak
+        # model); the ceiling is shared by every method of the pair.
+        weak_mean, strong_mean = _seed_mean(mine, weak_f), _seed_mean(group, strong_f)
         gap_floor = min_gap(min(r["n_test"] for r in group), min_gap_examples)
         if not _gap_clear(weak_mean, strong_mean, gap_floor):
           left_out_pairs.append(f"{weak}->{strong}")
@@ -205,6 +229,79 @@ def summarize_oai(runs: list[dict[str, Any]], *,
   return rows
 
 
+def _per_seed(group: list[dict[str, Any]], field: str) -> dict[Any, float]:
+  """seed -> the run's defined value of `field` (undefined seeds absent)."""
+  return {r["seed"]: float(r[field]) for r in group if _finite(r.get(field))}
+
+
+def _paired_difference(group: list[dict[str, Any]], baseline: list[dict[str, Any]] | None,
+                       field: str) -> dict[str, Any] | None:
+  """method − baseline seed by seed, over the seeds where both are defined; None without a baseline.
+
+  {"mean", "ci95" (95% bootstrap CI of the mean), "wins" (seeds where the method is strictly above), "n" (seeds
+  paired), "seeds"}; mean and ci95 are None when no seed pairs.
+  """
+  if baseline is None:
+    return None
+  mine, theirs = _per_seed(group, field), _per_seed(baseline, field)
+  seeds = [seed for seed in mine if seed in theirs]
+  if not seeds:
+    return {"mean": None, "ci95": None, "wins": 0, "n": 0, "seeds": []}
+  diffs = np.array([mine[seed] - theirs[seed] for seed in seeds])
+  return {"mean": float(diffs.mean()), "ci95": _bootstrap_ci(diffs), "wins": int((diffs > 0).sum()),
+          "n": len(seeds), "seeds": seeds}
+
+
+def _check_one_run_per_seed(group: list[dict[str, Any]]) -> None:
+  """Pairing by seed needs one run per seed; a repeated seed would silently pair only one of them."""
+  seeds = [r["seed"] for r in group]
+  if len(set(seeds)) != len(seeds):
+    r = group[0]
+    raise ValueError(f"{r['method']} on {r['weak']}->{r['strong']} has a seed more than once: {seeds}")
+
+
+def _method_row(group: list[dict[str, Any]], baseline: list[dict[str, Any]] | None) -> dict[str, Any]:
+  """One method of one pair: PGR spreads, paired differences against `baseline` (None: none), medians beside."""
+  first = group[0]
+  supervisors = list(dict.fromkeys(r["supervisor"] for r in group if r.get("supervisor") is not None))
+  row = {"weak": first["weak"], "strong": first["strong"], "method": first["method"], "oracle": _oracle(group),
+         "supervisor": ", ".join(supervisors) or None, "seeds": [r["seed"] for r in group]}
+  for field in COMPARED_PGRS:
+    row[field] = _spread([r.get(field) for r in group])
+    row[f"{field}_vs_baseline"] = _paired_difference(group, baseline, field)
+  for field in COMPARED_FIELDS:
+    row[field] = _spread([r.get(field) for r in group])
+  return row
+
+
+def _rank_key(row: dict[str, Any]) -> tuple:
+  """Highest median PGR first; methods whose PGR is undefined on every seed last; then by name, for ties."""
+  median = row["pgr"]["median"]
+  return (median is None, -median if median is not None else 0.0, row["method"])
+
+
+def compare_methods(runs: list[dict[str, Any]], *, baseline: str = "xent") -> list[dict[str, Any]]:
+  """Methods ranked by median PGR within each (weak, strong) pair, each paired seed by seed with `baseline`.
+
+  One row per (weak, strong, method), pairs in the order they first appear, methods in rank order:
+  {"weak", "strong", "method", "rank" (1 = best in its pair), "oracle", "supervisor" (None if not recorded),
+  "seeds", "pgr", "pgr_auroc" (the `_spread` stats; undefined seeds left out and counted in n_left_out),
+  "pgr_vs_baseline", "pgr_auroc_vs_baseline" (`_paired_difference`; None for the baseline itself and where the
+  pair has no `baseline` run), and the `_spread` stats of w2s_acc, w2s_auroc, agreement_supervisor_right,
+  agreement_supervisor_wrong, misfit, n_fit}.
+  """
+  rows = []
+  for pair_runs in _group(runs, ("weak", "strong")).values():
+    methods = _group(pair_runs, ("method",))
+    for group in methods.values():
+      _check_one_run_per_seed(group)
+    base = methods.get((baseline,))
+    ranked = sorted((_method_row(group, None if method == baseline else base)
+                     for (method,), group in methods.items()), key=_rank_key)
+    rows += [{**row, "rank": rank} for rank, row in enumerate(ranked, start=1)]
+  return rows
+
+
 def _nan_to_none(x: Any) -> Any:
   """JSON has no NaN: non-finite floats become null (numpy scalars become Python numbers on the way)."""
   if isinstance(x, np.integer):
@@ -218,18 +315,49 @@ def _nan_to_none(x: Any) -> Any:
   return x
 
 
+def _num(x: float) -> str:
+  """Three decimals with a true minus sign (−), as the docs print numbers."""
+  return f"{x:.3f}".replace("-", "−")
+
+
+def _signed(x: float) -> str:
+  """A difference: always signed (+0.100, −0.020), so its direction is read at a glance."""
+  return f"{x:+.3f}".replace("-", "−")
+
+
 def _cell(s: dict[str, Any] | None) -> str:
   """median [min, max]; the value alone for one seed; n/a where no seed has a value."""
   if not s or not s.get("n"):
     return "n/a"
-  return f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]" if s["n"] > 1 else f"{s['median']:.3f}"
+  return f"{_num(s['median'])} [{_num(s['min'])}, {_num(s['max'])}]" if s["n"] > 1 else _num(s["median"])
 
 
 def _mean_cell(s: dict[str, Any] | None) -> str:
   """mean [95% bootstrap CI]; the value alone for one seed (its CI is the value)."""
   if not s or not s.get("n"):
     return "n/a"
-  return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" if s["n"] > 1 else f"{s['mean']:.3f}"
+  return f"{_num(s['mean'])} [{_num(s['ci95'][0])}, {_num(s['ci95'][1])}]" if s["n"] > 1 else _num(s["mean"])
+
+
+def _counted_cell(s: dict[str, Any]) -> str:
+  """_cell, saying on how many seeds it stands where some were left out: "0.400 [0.200, 0.600] (2 of 3 seeds)"."""
+  if not s["n_left_out"]:
+    return _cell(s)
+  return f"{_cell(s)} ({s['n']} of {s['n'] + s['n_left_out']} seeds)"
+
+
+def _paired_cell(d: dict[str, Any]) -> str:
+  """mean difference [95% CI], wins / seeds paired: "+0.100 [+0.030, +0.170], 7/10"; the CI alone is dropped
+  for one seed."""
+  if not d["n"]:
+    return "n/a (no seed pairs)"
+  ci = f" [{_signed(d['ci95'][0])}, {_signed(d['ci95'][1])}]" if d["n"] > 1 else ""
+  return f"{_signed(d['mean'])}{ci}, {d['wins']}/{d['n']}"
+
+
+def _label(row: dict[str, Any]) -> str:
+  """The row's method, marked where it used ground truth."""
+  return row["method"] + (ORACLE_MARK if row.get("oracle") else "")
 
 
 def _notes(row: dict[str, Any], labels: dict[str, str]) -> str:
@@ -259,78 +387,118 @@ def _footnote(results: dict[str, Any]) -> str:
           "95% percentile-bootstrap CI over seeds. Per-run numbers are in results.json.")
 
 
-SELECTION_NOTES = {
-    "weak_auroc": "students' checkpoints selected by AUROC against the supervisor's labels on a held-out part "
-                  "of half B (early stopping on weak labels)",
-    "oracle_auroc": "**ORACLE**: students' checkpoints selected by AUROC against the ground truth of a held-out "
-                    "part of half B; for analysis only, not a weak-to-strong result",
-}
+def _any_oracle(results: dict[str, Any]) -> bool:
+  tables = ("runs", "chains", "summary", "chain_summary", "oai_summary", "comparison")
+  return any(r.get("oracle") for table in tables for r in results.get(table) or [])
+
+
+def comparison_markdown(rows: list[dict[str, Any]], *, baseline: str | None) -> str:
+  """`compare_methods` rows as one ranked table per (weak, strong) pair.
+
+  The "vs baseline" columns appear only in a pair where `baseline` ran; the baseline's own cells say so.
+  """
+  intro = "Ranked by median PGR over seeds; cells: median [min, max]."
+  if baseline is not None:
+    intro += (f" vs baseline ({baseline}): method − baseline on the same seed, mean [95% bootstrap CI], and in how "
+              "many of the seeds where both are defined the method is above the baseline.")
+  lines = [intro]
+  for (weak, strong), pair_rows in _group(rows, ("weak", "strong")).items():
+    paired = baseline is not None and any(r["method"] == baseline for r in pair_rows)
+    header = ["rank", "method", "w2s acc", "PGR", *(["PGR vs baseline"] if paired else []), "PGR (AUROC)",
+              *(["PGR (AUROC) vs baseline"] if paired else []), "agreement, supervisor right / wrong", "misfit"]
+    lines += ["", f"**{weak} → {strong}**", "", "| " + " | ".join(header) + " |",
+              "| " + " | ".join(["---"] * len(header)) + " |"]
+    lines += [_comparison_line(row, baseline if paired else None) for row in pair_rows]
+  return "\n".join(lines) + "\n"
+
+
+def _comparison_line(row: dict[str, Any], baseline: str | None) -> str:
+  """One table line; the paired cells only when `baseline` (not None) ran in this row's pair."""
+  def versus(field: str) -> list[str]:
+    if baseline is None:
+      return []
+    d = row[f"{field}_vs_baseline"]
+    return ["baseline" if row["method"] == baseline else "n/a" if d is None else _paired_cell(d)]
+
+  cells = [str(row["rank"]), _label(row), _cell(row["w2s_acc"]), _counted_cell(row["pgr"]), *versus("pgr"),
+           _counted_cell(row["pgr_auroc"]), *versus("pgr_auroc"),
+           f"{_cell(row['agreement_supervisor_right'])} / {_cell(row['agreement_supervisor_wrong'])}",
+           _cell(row["misfit"])]
+  return "| " + " | ".join(cells) + " |"
 
 
 def markdown(results: dict[str, Any]) -> str:
-  # An oracle selection is marked in every table, not only in a note that a reader might skip.
-  oracle = " (ORACLE)" if results.get("oracle") else ""
   wall = results.get("wall_s")
-  lines = [f"# Weak-to-strong results: {results.get('task', '')}", "",
-           (f"wall time: {wall:.1f} s; " if wall is not None else "") +
-           "cells: median [min, max] over seeds; mean [95% bootstrap CI]", "",
-           *([f"Selection: {SELECTION_NOTES[results['selection']]}.", ""]
-             if results.get("selection") in SELECTION_NOTES else []),
-           "| weak | strong | loss | weak acc | strong ceiling | w2s acc | PGR | PGR mean [95% CI] | PGR (AUROC) | "
-           "PGR (AUROC) mean [95% CI] | agreement | seeds | left out |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  lines = [f"# Weak-to-strong results: {results.get('task', '')}", ""]
+  if _any_oracle(results):
+    # Said once here, and every oracle row is marked too: a reader who skips this note still sees the mark.
+    lines += [f"**ORACLE**: rows marked{ORACLE_MARK} come from methods that used ground truth (e.g. checkpoint "
+              "selection against true labels); they are for analysis only, not weak-to-strong results.", ""]
+  lines += [(f"wall time: {wall:.1f} s; " if wall is not None else "") +
+            "cells: median [min, max] over seeds; mean [95% bootstrap CI]", "",
+            "| weak | strong | method | weak acc | strong ceiling | w2s acc | PGR | PGR mean [95% CI] | PGR (AUROC) | "
+            "PGR (AUROC) mean [95% CI] | agreement | seeds | left out |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   pgr_labels = {"pgr": "PGR", "pgr_auroc": "PGR (AUROC)"}
   for row in results["summary"]:
-    lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']}{oracle} | {_cell(row['weak_acc'])} | "
+    lines.append(f"| {row['weak']} | {row['strong']} | {_label(row)} | {_cell(row['weak_acc'])} | "
                  f"{_cell(row['strong_acc'])} | {_cell(row['w2s_acc'])} | {_cell(row['pgr'])} | "
                  f"{_mean_cell(row['pgr'])} | {_cell(row['pgr_auroc'])} | {_mean_cell(row['pgr_auroc'])} | "
                  f"{_cell(row['agreement'])} | {len(row['seeds'])} | {_notes(row, pgr_labels)} |")
   if results["summary"]:
     lines += ["", "Means over seeds [95% bootstrap CI]:", "",
-              "| weak | strong | loss | weak acc | strong ceiling | w2s acc | agreement |",
+              "| weak | strong | method | weak acc | strong ceiling | w2s acc | agreement |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in results["summary"]:
-      lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']}{oracle} | {_mean_cell(row['weak_acc'])} | "
+      lines.append(f"| {row['weak']} | {row['strong']} | {_label(row)} | {_mean_cell(row['weak_acc'])} | "
                    f"{_mean_cell(row['strong_acc'])} | {_mean_cell(row['w2s_acc'])} | "
                    f"{_mean_cell(row['agreement'])} |")
+  if results.get("comparison"):
+    lines += ["", "## Methods compared", "",
+              comparison_markdown(results["comparison"], baseline=results.get("comparison_baseline")).rstrip("\n")]
   if results["summary"] and "misfit" in results["summary"][0]:
     lines += ["", "## Imitation and misfit", "",
               "Agreement of student and supervisor on the test set, where the supervisor is right and where it is "
               "wrong (a student that only imitates agrees everywhere); misfit: the student's disagreement with the "
               "weak labels it trained on (argmax; KL in nats).", "",
-              "| weak | strong | loss | agreement | supervisor right | supervisor wrong | misfit | misfit KL |",
+              "| weak | strong | method | agreement | supervisor right | supervisor wrong | misfit | misfit KL |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in results["summary"]:
-      lines.append(f"| {row['weak']} | {row['strong']} | {row['loss']}{oracle} | "
+      lines.append(f"| {row['weak']} | {row['strong']} | {_label(row)} | "
                    + " | ".join(_cell(row[f]) for f in ("agreement", "agreement_supervisor_right",
                                                         "agreement_supervisor_wrong", "misfit", "misfit_kl")) + " |")
   if results.get("oai_summary"):
     lines += ["", "## Aggregated as the paper code does", "",
               "Weak and ceiling averaged over seeds per pair first; each run's PGR against those averages; median "
-              "over all pairs and seeds per loss. Pairs whose averaged gap is under the minimum are left out.", "",
-              "| loss | PGR median | runs used | runs left out | PGR (AUROC) median | runs used | runs left out |",
+              "over all pairs and seeds per method. Pairs whose averaged gap is under the minimum are left out.", "",
+              "| method | PGR median | runs used | runs left out | PGR (AUROC) median | runs used | runs left out |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
 
     def oai_cells(s: dict[str, Any]) -> str:
-      median = "n/a" if s["median"] is None else f"{s['median']:.3f}"
+      median = "n/a" if s["median"] is None else _num(s["median"])
       out = str(s["n_left_out"])
       if s["left_out_pairs"]:
         out += f" ({s['n_pairs_left_out']} pair(s), {GAP_REASON}: {', '.join(s['left_out_pairs'])})"
       return f"{median} | {s['n']} | {out}"
 
     for row in results["oai_summary"]:
-      lines.append(f"| {row['loss']}{oracle} | {oai_cells(row['pgr'])} | {oai_cells(row['pgr_auroc'])} |")
+      lines.append(f"| {_label(row)} | {oai_cells(row['pgr'])} | {oai_cells(row['pgr_auroc'])} |")
   if results.get("chain_summary"):
     lines += ["", "## Bootstrapping chains", "",
-              "| chain | loss | weak acc | strong ceiling | chain w2s acc | chain PGR | chain PGR mean [95% CI] | "
-              "direct w2s acc | direct PGR | direct PGR mean [95% CI] | left out |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    chain_labels = {"pgr": "chain PGR", "direct_pgr": "direct PGR"}
+              "relabel: in_sample, each student labels the half B it trained on; held_out, half B is cut into one "
+              "part per link, so each student labels examples it never saw.", "",
+              "| chain | method | relabel | weak acc | strong ceiling | chain w2s acc | chain PGR | "
+              "chain PGR mean [95% CI] | direct w2s acc | direct PGR | direct PGR mean [95% CI] | "
+              "chain PGR (AUROC) | direct PGR (AUROC) | left out |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    chain_labels = {"pgr": "chain PGR", "direct_pgr": "direct PGR", "pgr_auroc": "chain PGR (AUROC)",
+                    "direct_pgr_auroc": "direct PGR (AUROC)"}
     for row in results["chain_summary"]:
-      lines.append(f"| {row['chain']} | {row['loss']}{oracle} | {_cell(row['weak_acc'])} | {_cell(row['strong_acc'])} | "
-                   f"{_cell(row['w2s_acc'])} | {_cell(row['pgr'])} | {_mean_cell(row['pgr'])} | "
-                   f"{_cell(row['direct_w2s_acc'])} | {_cell(row['direct_pgr'])} | "
-                   f"{_mean_cell(row['direct_pgr'])} | {_notes(row, chain_labels)} |")
+      lines.append(f"| {row['chain']} | {_label(row)} | {row['relabel']} | {_cell(row['weak_acc'])} | "
+                   f"{_cell(row['strong_acc'])} | {_cell(row['w2s_acc'])} | {_cell(row['pgr'])} | "
+                   f"{_mean_cell(row['pgr'])} | {_cell(row['direct_w2s_acc'])} | {_cell(row['direct_pgr'])} | "
+                   f"{_mean_cell(row['direct_pgr'])} | {_cell(row['pgr_auroc'])} | "
+                   f"{_cell(row['direct_pgr_auroc'])} | {_notes(row, chain_labels)} |")
   lines += ["", _footnote(results)]
   return "\n".join(lines) + "\n"
 
@@ -339,27 +507,32 @@ def _defined(s: dict[str, Any] | None) -> bool:
   return bool(s) and s.get("median") is not None
 
 
-def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
-  """The paper's figures: test accuracy vs strong model for each weak model and loss; PGR per row.
-
-  Median over seeds with min-max bars; undefined values (None) are skipped, not drawn as zero.
-  """
-  oracle = " (ORACLE)" if results.get("oracle") else ""
+def _pyplot():
+  """matplotlib's pyplot on the file-only backend (no display on a training host)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
 
+
+def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
+  """The paper's figures: test accuracy vs strong model for each weak model and method; PGR per row.
+
+  Median over seeds with min-max bars; undefined values (None) are skipped, not drawn as zero.
+  """
+  plt = _pyplot()
   written = []
   summary = results["summary"]
-  losses = sorted({r["loss"] for r in summary})
+  methods = sorted({r["method"] for r in summary})
+  oracle_methods = {r["method"] for r in summary if r.get("oracle")}
   strongs = list(dict.fromkeys(results.get("model_order", []) or [r["strong"] for r in summary]))
   strongs = [s for s in strongs if any(r["strong"] == s for r in summary)]
   x = {s: i for i, s in enumerate(strongs)}
 
-  fig, axes = plt.subplots(1, max(1, len(losses)), figsize=(5 * max(1, len(losses)), 4), squeeze=False,
+  fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(5 * max(1, len(methods)), 4), squeeze=False,
                            sharey=True)
-  for ax, loss in zip(axes[0], losses):
-    rows = [r for r in summary if r["loss"] == loss]
+  for ax, method in zip(axes[0], methods):
+    rows = [r for r in summary if r["method"] == method]
     ceiling = {r["strong"]: r["strong_acc"]["median"] for r in rows if _defined(r["strong_acc"])}
     ax.plot([x[s] for s in strongs if s in ceiling], [ceiling[s] for s in strongs if s in ceiling], "k--o",
             label="strong ceiling (ground truth)")
@@ -377,7 +550,7 @@ def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
       if weak_acc is not None:
         ax.axhline(weak_acc, color=color, lw=0.8, ls=":")
     ax.set_xticks(range(len(strongs)), strongs, rotation=20)
-    ax.set_title(f"loss: {loss}{oracle}")
+    ax.set_title(f"method: {method}{ORACLE_MARK if method in oracle_methods else ''}")
     ax.set_xlabel("strong student")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("test accuracy (median over seeds; bars: min–max)")
@@ -396,11 +569,11 @@ def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
     s = row["pgr"]
     if not _defined(s):
       continue
-    labels.append(f"{row['weak']}→{row['strong']}\n{row['loss']}{oracle}")
+    labels.append(f"{row['weak']}→{row['strong']}\n{_label(row)}")
     medians.append(s["median"])
     lows.append(s["median"] - s["min"])
     highs.append(s["max"] - s["median"])
-    colors.append(palette[losses.index(row["loss"]) % len(palette)])
+    colors.append(palette[methods.index(row["method"]) % len(palette)])
   if medians:
     ax.bar(range(len(medians)), medians, yerr=[lows, highs], color=colors, capsize=4)
   else:
@@ -417,6 +590,47 @@ def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
   return written
 
 
+def _pgr_bars(ax, rows: list[dict[str, Any]], field: str) -> None:
+  """One horizontal bar per row at its median `field`, the mean's 95% CI over it; oracle rows hatched."""
+  for y, row in enumerate(rows):
+    s = row[field]
+    if not _defined(s):
+      ax.text(0, y, " n/a (undefined on every seed)", va="center", fontsize=7)
+      continue
+    oracle = bool(row.get("oracle"))
+    ax.barh(y, s["median"], color="tab:red" if oracle else "tab:blue", alpha=0.6, hatch="//" if oracle else None,
+            edgecolor="k", lw=0.5)
+    lo, hi = s["ci95"]
+    ax.errorbar(s["mean"], y, xerr=[[s["mean"] - lo], [hi - s["mean"]]], fmt="o", color="k", ms=3, capsize=3)
+  ax.axvline(0, color="k", lw=0.8)  # the weak supervisor
+  ax.axvline(1, color="k", lw=0.8, ls=":")  # the strong ceiling
+  ax.grid(axis="x", alpha=0.3)
+
+
+def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
+  """`compare_methods` rows in rank order (best on top): median PGR on accuracy and on AUROC, one panel each.
+
+  Bars: median over seeds; points and whiskers: the mean and its 95% bootstrap CI. Oracle rows are hatched and
+  labelled; a PGR undefined on every seed is written n/a, not drawn as zero.
+  """
+  plt = _pyplot()
+  several_pairs = len({(r["weak"], r["strong"]) for r in rows}) > 1
+  labels = [(f"{r['weak']}→{r['strong']}: " if several_pairs else "") + _label(r) for r in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 1.5 + 0.45 * len(rows)), sharey=True, squeeze=False)
+  for ax, (field, title) in zip(axes[0], (("pgr", "PGR (accuracy)"), ("pgr_auroc", "PGR (AUROC)"))):
+    _pgr_bars(ax, rows, field)
+    ax.set_title(title)
+    ax.set_xlabel("bar: median over seeds; point: mean, 95% bootstrap CI")
+  axes[0][0].set_yticks(range(len(rows)), labels, fontsize=8)
+  axes[0][0].invert_yaxis()  # rank 1 on top
+  if not several_pairs and rows:
+    fig.suptitle(f"methods compared: {rows[0]['weak']} → {rows[0]['strong']}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def write(results: dict[str, Any], workdir: Path) -> None:
   """results.json (undefined values as null; allow_nan=False so no NaN slips into the JSON), results.md, PNGs."""
   workdir.mkdir(parents=True, exist_ok=True)
@@ -424,3 +638,5 @@ def write(results: dict[str, Any], workdir: Path) -> None:
   (workdir / "results.md").write_text(markdown(results))
   if results["summary"]:
     plot(results, workdir)
+  if len(results.get("comparison") or []) >= 2:
+    plot_comparison(results["comparison"], workdir / "methods.png")

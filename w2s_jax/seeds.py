@@ -10,7 +10,12 @@ own independent stream so that changing one never moves another by accident:
   | "batch_order" | the shuffle (and bucketing) of every epoch  | the seed                              |
   | "head_init"   | the head's initial weights (head_init=normal)| the seed, the stage kind, the model  |
   | "validation"  | which half-B examples are held out to select | the seed                              |
-  |               | a student's checkpoint (config.selection)    |                                       |
+  |               | a student's checkpoint (selection methods)   |                                       |
+  | "relabel_parts"| how half B is cut into one part per student | the seed, the number of parts         |
+  |               | (held-out relabelling: methods/rounds.py)    |                                       |
+
+A supervisor ensemble's extra members (methods/supervisors.py) add their member index to the
+batch-order and head-init streams: the same half A, another run.
 
 The head's stream also takes the stage kind and the model's name, so two heads of the same
 width (a weak and a strong model with equal d_model, or one model's ground-truth run and its
@@ -21,7 +26,7 @@ same on every machine, process and Python version.
 import hashlib
 import json
 
-PURPOSES = ("subsample", "split", "batch_order", "head_init", "validation")
+PURPOSES = ("subsample", "split", "batch_order", "head_init", "validation", "relabel_parts")
 
 
 def derive(seed: int, purpose: str, *context: str | int) -> int:

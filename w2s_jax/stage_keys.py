@@ -5,7 +5,8 @@ A stage's key is a hash of its spec (`artifacts.spec_hash`). The spec holds
     that kind's code changes (a loss or a metric fixed, a formatter changed), so that a rerun
     never serves a result of the old code as a new one;
   * `config`: the values of every config field the kind reads (FIELDS), `models.{model}.*`
-    stored as `model.*` and `loss_options.{loss}.*` as `loss_options.*`;
+    stored as `model.*`, and `method_options.{method}.*` kept for each method of the stage's
+    recipe (w2s_jax/methods/), defaults included;
   * what the pipeline adds: the model's name, the seed, the keys of the stages it consumes
     and content fingerprints of the user's files.
 
@@ -26,8 +27,9 @@ import ml_collections
 
 # Bumped to 2 by the audit fixes: logconf's batch statistics over the whole global batch,
 # stage arrays keyed by example uid with logits (AUROC from logit margins), one seed per purpose.
-# weak_to_strong 3: its result holds the imitation and misfit diagnostics (diagnostics.py).
-VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 3}
+# weak_to_strong 3: its result holds the imitation and misfit diagnostics (diagnostics.py);
+# 4: a student runs a recipe of methods (supervisor, labels, examples, loss, selection).
+VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 4}
 
 RUNTIME_ONLY = {
     "train.log_every": "how often metrics are logged",
@@ -37,10 +39,11 @@ RUNTIME_ONLY = {
     "mesh": "how arrays are laid out on the devices (results agree up to float summation order)",
     "report": "how results are summarised: recomputed from the stages on every run",
     "seeds": "which seeds run; each stage's key holds its own seed",
-    "losses": "which students run; each student's key holds its own loss",
+    "methods": "which students run; each student's key holds its own recipe and its methods' options",
     "model_order": "the order of tables and plots, and of pairs='all'",
     "pairs": "which weak-to-strong stages run",
     "chains": "which bootstrapping stages run",
+    "chain_relabel": "which relabellings of the chains run; each stage's key holds the part of half B it trains on",
 }
 
 DATA = ("task", "n_train", "n_test", "balance", "max_length", "data_seed")
@@ -51,11 +54,10 @@ FIELDS = {
     "features": DATA + ("models.{model}.checkpoint", "models.{model}.pooling", "models.{model}.dtype",
                         "train.batch_size", "train.length_buckets", "train.length_multiple"),
     "ground_truth": DATA + ("models.{model}", "train", "head_init"),
-    "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "hard_labels", "loss_options.{loss}",
-                              "label_filter", "selection"),
+    "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "method_options.{method}"),
 }
 
-_ROLE_PREFIXES = {"models.{model}": "model", "loss_options.{loss}": "loss_options"}
+_ROLE_PREFIXES = {"models.{model}": "model"}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -77,33 +79,35 @@ def runtime_only(path: str) -> bool:
 
 
 def config_values(config: ml_collections.ConfigDict, kind: str, *, model: str | None = None,
-                  loss: str | None = None) -> dict[str, Any]:
-  """The values of every field stage `kind` reads, for `model` and `loss`: the `config` of its spec."""
+                  methods: tuple[str, ...] = ()) -> dict[str, Any]:
+  """The values of every field stage `kind` reads, for `model` and the recipe's `methods`: the
+  `config` of its spec."""
   leaves = flatten(config.to_dict())
   values: dict[str, Any] = {}
   for field in FIELDS[kind]:
-    if "{loss}" in field and loss is not None and loss not in config.get("loss_options", {}):
-      continue  # a loss without options
-    concrete = field.format(model=model, loss=loss)
-    stored = field
-    for placeholder, role in _ROLE_PREFIXES.items():
-      if field.startswith(placeholder):
-        stored = role + field[len(placeholder):]
-    matched = {path: value for path, value in leaves.items() if _is_under(path, concrete) and not runtime_only(path)}
-    if not matched and "{" not in field:
-      raise KeyError(f"stage_keys.FIELDS[{kind!r}] names {field!r}, which the config does not have")
-    for path, value in matched.items():
-      values[stored + path[len(concrete):]] = value
+    concretes = ([field.format(method=m) for m in methods] if "{method}" in field
+                 else [field.format(model=model)])
+    for concrete in concretes:
+      stored = concrete
+      for placeholder, role in _ROLE_PREFIXES.items():
+        if field.startswith(placeholder):
+          stored = role + field[len(placeholder):]
+      matched = {path: value for path, value in leaves.items()
+                 if _is_under(path, concrete) and not runtime_only(path)}
+      if not matched and "{" not in field:
+        raise KeyError(f"stage_keys.FIELDS[{kind!r}] names {field!r}, which the config does not have")
+      for path, value in matched.items():
+        values[stored + path[len(concrete):]] = value
   return values
 
 
 def generalize(path: str, config: ml_collections.ConfigDict) -> str:
-  """'models.mpnet.lr' -> 'models.{model}.lr', 'loss_options.logconf.alpha_max' -> 'loss_options.{loss}.alpha_max'."""
+  """'models.mpnet.lr' -> 'models.{model}.lr', 'method_options.logconf.alpha_max' -> 'method_options.{method}.alpha_max'."""
   parts = path.split(".")
   if len(parts) >= 2 and parts[0] == "models":
     parts[1] = "{model}"
-  if len(parts) >= 2 and parts[0] == "loss_options":
-    parts[1] = "{loss}"
+  if len(parts) >= 2 and parts[0] == "method_options":
+    parts[1] = "{method}"
   return ".".join(parts)
 
 
@@ -132,5 +136,5 @@ class StageConfig:
     return self._values[path]
 
   def under(self, prefix: str) -> dict[str, Any]:
-    """{'alpha_max': 0.5, ...} for prefix 'loss_options'."""
+    """{'alpha_max': 0.5, ...} for prefix 'method_options.logconf'."""
     return {path[len(prefix) + 1:]: v for path, v in self._values.items() if path.startswith(prefix + ".")}

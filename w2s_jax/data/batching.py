@@ -224,8 +224,24 @@ def padded_length(longest: int, boundaries: np.ndarray) -> int:
   return int(boundaries[at])
 
 
+def example_weights(weights: np.ndarray | None, n: int) -> np.ndarray:
+  """[N] float32 per-example loss weights in [0, 1], checked; None: all 1.
+
+  A row of weight w counts w times in the losses' weighted means (0: as if absent).
+  """
+  if weights is None:
+    return np.ones(n, np.float32)
+  weights = np.asarray(weights, dtype=np.float32)
+  if weights.shape != (n,):
+    raise UserError(f"weights have shape {weights.shape}, expected ({n},): one weight per example")
+  if not np.all((weights >= 0) & (weights <= 1)):  # NaN fails both
+    raise UserError("weights must lie in [0, 1] (and not be NaN): a row of weight w counts w times")
+  return weights
+
+
 def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None = None,
-            shuffle: bool, seed: int, epoch: int = 0, bucket: bool = True, pad_id: int = 0,
+            weights: np.ndarray | None = None, shuffle: bool, seed: int, epoch: int = 0,
+            bucket: bool = True, pad_id: int = 0,
             length_buckets: int = 16, length_multiple: int = 1, boundaries: np.ndarray | None = None,
             drop_remainder: bool = False, process_index: int = 0, process_count: int = 1,
             bucket_chunk: int = 50) -> Iterator[dict[str, np.ndarray]]:
@@ -237,7 +253,7 @@ def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None =
     labels [B] int32: ground truth.
     targets [B, 2] float32: soft targets, the `targets` rows if given, else one-hot
       labels.
-    weight [B] float32: 1 for a real row, 0 for a padding row.
+    weight [B] float32: a real row's entry of `weights` (default 1), 0 for a padding row.
     index [B] int32: the row's position in `data`; -1 for a padding row.
   B is batch_size // process_count: every process computes the same global order and
   yields its own contiguous block of rows of each global batch. T is the global batch's
@@ -252,6 +268,8 @@ def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None =
     data: the tokenized split.
     batch_size: the global batch size.
     targets: [N, 2] soft targets (weak labels) aligned with `data`; default one-hot labels.
+    weights: [N] per-example loss weights in [0, 1] aligned with `data` (`example_weights`);
+      default 1.
     shuffle, seed, epoch, bucket, bucket_chunk, drop_remainder: see `batch_order`.
     pad_id: the token id of padding positions (masked out; any id in the vocabulary).
     length_buckets, length_multiple: see `split_boundaries`.
@@ -276,6 +294,7 @@ def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None =
                       "of class probabilities per example")
     if not np.all(np.isfinite(targets)):
       raise UserError("targets contain NaN or inf; check the weak labels")
+  weights = example_weights(weights, n)
   lengths = data.lengths
   if boundaries is None:
     boundaries = split_boundaries(lengths, batch_size, length_buckets, length_multiple)
@@ -299,8 +318,10 @@ def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None =
     labels[real] = data.labels[index[real]]
     batch_targets = np.zeros((local, 2), dtype=np.float32)
     batch_targets[real] = targets[index[real]]
+    weight = np.zeros(local, dtype=np.float32)
+    weight[real] = weights[index[real]]
     yield dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-               targets=batch_targets, weight=real.astype(np.float32), index=index)
+               targets=batch_targets, weight=weight, index=index)
 
 
 def padding_waste(data: TokenizedSet, batch_size: int, *, bucket: bool, length_buckets: int = 16,

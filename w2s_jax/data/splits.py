@@ -87,10 +87,21 @@ def split_validation(examples: list[Example], val_frac: float, seed: int) -> tup
   one to train on.
   """
   if not 0.0 < val_frac < 1.0:
-    raise UserError(f"selection.val_frac={val_frac} must lie strictly between 0 and 1")
+    raise UserError(f"val_frac={val_frac} (a selection method's option) must lie strictly between 0 and 1")
   if len(examples) < 2:
     raise UserError(f"cannot hold out a validation part of {len(examples)} example(s); raise n_train")
   n_val = min(max(1, round(val_frac * len(examples))), len(examples) - 1)
   in_val = np.zeros(len(examples), dtype=bool)
   in_val[np.random.default_rng(seed).permutation(len(examples))[:n_val]] = True
   return ([e for e, v in zip(examples, in_val) if not v], [e for e, v in zip(examples, in_val) if v])
+
+
+def split_parts(examples: list[Example], parts: int, seed: int) -> list[list[Example]]:
+  """`parts` disjoint parts covering `examples` with a seeded permutation (sizes differ by at most
+  one; each keeps the input order): held-out relabelling gives each student its own part."""
+  if parts < 1 or len(examples) < parts:
+    raise UserError(f"cannot cut {len(examples)} examples into {parts} parts (one per student); "
+                    "raise n_train or use fewer rounds / a shorter chain")
+  part_of = np.empty(len(examples), np.int64)
+  part_of[np.random.default_rng(seed).permutation(len(examples))] = np.arange(len(examples)) % parts
+  return [[e for e, p in zip(examples, part_of) if p == i] for i in range(parts)]

@@ -14,6 +14,9 @@ which it is:
     padded to a fixed shape so that the step compiles once). Every mean, quantile and
     fraction uses only the real rows: padding never changes a loss. A batch of padding
     only has loss 0 (not NaN, which would poison the gradient sum of an accumulation).
+    A real row may weigh less than 1 (a per-example weight in (0, 1]): means are weighted
+    by `weight`, so it counts that fraction of a row; logconf's threshold is a quantile
+    over the rows of weight > 0, unweighted (a down-weighted row is still a real row).
   * `progress` is the fraction of training done, a traced f32 scalar in [0, 1], so that
     schedules of a loss's own coefficients (logconf's alpha) work inside `jax.jit`.
 

@@ -2,7 +2,8 @@
 
 A batch is a dict of global arrays split over every device along the batch axis:
   input_ids [B, T] int32, attention_mask [B, T] int32, labels [B] int32 (ground truth),
-  targets [B, C] float32 (the supervisor's soft labels), weight [B] float32 (0 = padding row).
+  targets [B, C] float32 (the supervisor's soft labels), weight [B] float32 (the row's share of
+  the loss: 0 = padding row, 1 = a full example, fractions down-weight it).
 For the cached-feature linear probe, `features` [B, D] replaces input_ids/attention_mask.
 
 Gradient accumulation runs *inside* the step with `lax.scan` over microbatches, so a
@@ -71,8 +72,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
     else:
       loss, aux = loss_fn(logits, mb["targets"], mb["weight"], progress, stats=stats)
     n = jnp.sum(mb["weight"])
-    # Scaled by the microbatch's real rows, so that the sum over microbatches / all rows
-    # equals the loss of the whole batch (padding-only microbatches add nothing).
+    # Scaled by the microbatch's sum of weights, so that the sum over microbatches / the batch's
+    # sum of weights equals the loss of the whole batch (padding-only microbatches add nothing).
     return loss * n, (logits, aux)
 
   grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
@@ -97,7 +98,10 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     train_params, frozen_params = split_params(state.params, trainable)
     progress = state.step.astype(jnp.float32) / max(total_steps, 1)
-    n_total = jnp.maximum(jnp.sum(batch["weight"]), 1.0)
+    # The batch's sum of weights; 1 for padding only (then every sum is 0). Not max(sum, 1): rows
+    # of fractional weight may sum to less than 1, and their loss is still their weighted mean.
+    total_weight = jnp.sum(batch["weight"])
+    n_total = jnp.where(total_weight > 0, total_weight, 1.0)
 
     def accumulate(stats):
       def body(grads_sum, mb):
