@@ -286,6 +286,10 @@ def test_supervisor_ensemble_confidence_weights_and_strong_to_strong(assets, tmp
   in_sample, held_out = runs["xent+strong_to_strong"], runs["xent+strong_to_strong_held_out"]
   assert len(in_sample["rounds"]) == 2 and in_sample["rounds"][0]["acc"] == runs["xent"]["w2s_acc"]
   assert in_sample["w2s_acc"] == in_sample["rounds"][1]["acc"]
+  # Imitation is measured against the weak supervisor in every round's row, as for one student:
+  # the first round's own supervisor is the weak model.
+  assert in_sample["rounds"][0]["agreement"] == runs["xent"]["agreement"]
+  assert {"agreement", "misfit"} <= set(in_sample["rounds"][1])
   assert sum(r["n_fit"] for r in held_out["rounds"]) == n_half_b
   assert results["comparison"] and results["comparison_baseline"] == "xent"
   assert (tmp_path / "methods.png").exists()

@@ -33,7 +33,9 @@ def _pgrs(weak: dict[str, Any], w2s: dict[str, Any], strong: dict[str, Any], gap
 def run_row(weak: str, strong: str, recipe: Recipe, seed: int, supervisor: dict[str, Any],
             strong_result: dict[str, Any], w2s: dict[str, Any], *, min_gap_examples: float,
             single_weak: dict[str, Any] | None = None, rounds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-  """One student's row: `supervisor` holds the supervisor's test metrics and name, `w2s` the student's result."""
+  """One student's row: `supervisor` holds the supervisor's test metrics and name, `w2s` the (last)
+  student's result, whose imitation and misfit are against `supervisor` (sweep.py sees to it for a
+  multi-round recipe); `rounds` lists each round's own numbers."""
   gap = report.min_gap(w2s["n_test"], min_gap_examples)
   row = {"weak": weak, "strong": strong, "method": recipe.name, "seed": seed, "supervisor": supervisor["name"],
          "weak_acc": supervisor["acc"], "strong_acc": strong_result["acc"], "w2s_acc": w2s["acc"],

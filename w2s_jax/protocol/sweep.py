@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from w2s_jax import methods as methods_lib, report
+from w2s_jax import diagnostics, methods as methods_lib, report
 from w2s_jax.errors import UserError
 from w2s_jax.methods import Recipe
 from w2s_jax.methods.rounds import RELABELLINGS
@@ -25,6 +25,7 @@ from w2s_jax.protocol import bootstrap, pgr
 from w2s_jax.protocol.context import Context, SeedData, model_specs
 from w2s_jax.protocol.ground_truth import ground_truth
 from w2s_jax.protocol.weak_labels import supervision
+from w2s_jax.train.fit import softmax
 
 
 def resolve_pairs(config: ml_collections.ConfigDict, names: list[str]) -> list[tuple[str, str]]:
@@ -111,6 +112,15 @@ def _supervisor_metrics(sup, data: SeedData) -> dict[str, Any]:
   return {"name": sup.name, **pgr.test_metrics(sup.test_logits, data.task.test)}
 
 
+def _against_supervisor(student, sup, data: SeedData) -> dict[str, float]:
+  """A later round's imitation and misfit measured against the *first* supervisor (the weak
+  model), as for a one-student recipe: its own supervisor is the previous student, which it
+  copies almost exactly. Misfit: against the weak soft labels of all of half B."""
+  test_labels = np.array([e.label for e in data.task.test], np.int32)
+  return {**diagnostics.imitation(student.arrays["test_logits"], sup.test_logits, test_labels),
+          **diagnostics.misfit(student.arrays["half_b_logits"], softmax(sup.half_b_logits))}
+
+
 def run_seed(ctx: Context, p: Plan, data: SeedData) -> tuple[list[dict], list[dict]]:
   """The runs and chain rows of one seed."""
   min_gap_examples = ctx.config.report.min_gap_examples
@@ -121,11 +131,13 @@ def run_seed(ctx: Context, p: Plan, data: SeedData) -> tuple[list[dict], list[di
       sup = supervision(ctx, recipe, weak, data)
       n_students, relabel = recipe["rounds"].impl.students(recipe["rounds"].name, **recipe.options_of("rounds"))
       students = bootstrap.in_turn(ctx, [strong] * n_students, recipe, data, sup, relabel)
-      rounds = ([{"acc": s.result["acc"], "auroc": s.result["auroc"], "n_fit": s.result["n_fit"]} for s in students]
-                if n_students > 1 else None)
+      rounds, last = None, students[-1].result
+      if n_students > 1:
+        rounds = [{"acc": s.result["acc"], "auroc": s.result["auroc"], "n_fit": s.result["n_fit"],
+                   **{k: s.result[k] for k in report.DIAGNOSTIC_FIELDS}} for s in students]
+        last = {**last, **_against_supervisor(students[-1], sup, data)}
       runs.append(pgr.run_row(weak, strong, recipe, data.seed, _supervisor_metrics(sup, data), gt[strong].result,
-                              students[-1].result, min_gap_examples=min_gap_examples, single_weak=gt[weak].result,
-                              rounds=rounds))
+                              last, min_gap_examples=min_gap_examples, single_weak=gt[weak].result, rounds=rounds))
       ctx.tracker.summary(f"weak_to_strong:{weak}->{strong}:{recipe.name}:seed{data.seed}", runs[-1])
   for names in p.chains:
     for recipe in p.recipes:
