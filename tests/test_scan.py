@@ -20,6 +20,12 @@ TINY = {
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         tie_word_embeddings=False)),
+    # Gemma 3: the layer types (sliding, full, sliding) enter the scan as per-layer inputs.
+    "gemma3": lambda: transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+        max_position_embeddings=64,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
     "bert": lambda: transformers.BertModel(transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=40)),
@@ -69,7 +75,7 @@ def test_scanned_blocks_match_the_loop_outputs_and_gradients(tiny_dirs, name):
   mesh = parity.one_device_mesh()
   ids, mask = parity.padded_batch(VOCAB)
   loop, scanned = _load(directory, mesh, False), _load(directory, mesh, True)
-  container = "blocks" if name in ("gpt2", "qwen2") else "layers"
+  container = "blocks" if name in ("gpt2", "qwen2", "gemma3") else "layers"
   stacked = scanned.params["backbone"][container][sharding.STACKED]
   assert all(x.shape[0] == 3 for x in jax.tree.leaves(stacked))
   # The loader stacked exactly the per-layer tensors the loop reads.

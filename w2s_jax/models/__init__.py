@@ -71,3 +71,6 @@ register(llama, llama.LlamaConfig, llama.Llama)
 from w2s_jax.models import bert, mpnet  # noqa: E402  (registered after `register` is defined)
 register(bert, bert.BertConfig, bert.Bert)
 register(mpnet, mpnet.MPNetConfig, mpnet.MPNet)
+
+from w2s_jax.models import gemma3  # noqa: E402  (registered after `register` is defined)
+register(gemma3, gemma3.Gemma3Config, gemma3.Gemma3)
