@@ -393,3 +393,41 @@ def test_plot_comparison_and_write_methods_png(tmp_path):
   report.write(results, tmp_path)
   assert (tmp_path / "methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert json.loads((tmp_path / "results.json").read_text())["comparison"][0]["method"] == "xent+oracle_auroc"
+
+
+# --- the zoo: pairs worth a fine-tune --------------------------------------------------------------------------
+
+
+def zoo_runs():
+  """a->b: a clear 10-point gap in 3 seeds; a->c: a 2-point gap (under 10 of 1000 examples in seed 1); b->c: none."""
+  return [run("a", "b", "xent", s, 0.70, 0.80 + d, 0.75) for s, d in enumerate((0.0, 0.01, -0.01))] + \
+         [run("a", "c", "xent", s, 0.70, 0.72 + d, 0.71) for s, d in enumerate((0.0, -0.015, 0.01))] + \
+         [run("b", "c", "xent", s, 0.80, 0.80, 0.80) for s in range(3)] + \
+         [run("a", "b", "logconf", s, 0.70, 0.80, 0.70) for s in range(3)]
+
+
+def test_pair_gaps_call_a_gap_clear_only_when_its_ci_is_above_the_minimum():
+  rows = report.pair_gaps(zoo_runs(), method="xent", min_gap_examples=10)
+  assert [(r["weak"], r["strong"], r["clear"]) for r in rows] == [("a", "b", True), ("a", "c", False),
+                                                                  ("b", "c", False)]
+  ab = rows[0]
+  assert ab["gap"]["mean"] == pytest.approx(0.10) and ab["min_gap"] == pytest.approx(0.01)
+  assert ab["pgr"]["median"] == pytest.approx(0.5) and ab["method"] == "xent" and ab["seeds"] == [0, 1, 2]
+  assert rows[2]["pgr"]["n"] == 0  # no gap: PGR undefined in every seed
+  table = report.pair_gaps_markdown(rows)
+  assert "| a | b | +0.100 [" in table and "| yes |" in table and "| b | c | +0.000" in table
+
+
+def test_zoo_figures_and_section(tmp_path):
+  runs = zoo_runs()
+  results = results_for(runs) | {"model_order": ["a", "b", "c"], "model_sizes": {"a": 10, "b": 100, "c": 1000},
+                                 "pair_gaps": report.pair_gaps(runs, method="xent", min_gap_examples=10)}
+  report.write(results, tmp_path)
+  for name in ("accuracy_vs_size.png", "pgr_heatmap.png"):
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+  assert "## Pairs worth a fine-tune" in (tmp_path / "results.md").read_text()
+  # Without sizes (a checkpoint that could not be resolved), only the heatmap.
+  other = tmp_path / "no_sizes"
+  other.mkdir()
+  written = report.plot_zoo(results | {"model_sizes": {"a": 10, "b": None, "c": 1000}}, other, method="xent")
+  assert [p.name for p in written] == ["pgr_heatmap.png"]

@@ -499,6 +499,12 @@ def markdown(results: dict[str, Any]) -> str:
                    f"{_mean_cell(row['pgr'])} | {_cell(row['direct_w2s_acc'])} | {_cell(row['direct_pgr'])} | "
                    f"{_mean_cell(row['direct_pgr'])} | {_cell(row['pgr_auroc'])} | "
                    f"{_cell(row['direct_pgr_auroc'])} | {_notes(row, chain_labels)} |")
+  if len(results.get("pair_gaps") or []) >= 2:
+    method = results["pair_gaps"][0]["method"]
+    lines += ["", "## Pairs worth a fine-tune", "",
+              f"Per pair ({method}): the ceiling's lead over the weak model, per seed, and whether its 95% CI lies "
+              "above the minimum gap (clear: PGR measures more than noise). Clear pairs first, by median PGR; "
+              "figures: accuracy_vs_size.png, pgr_heatmap.png.", "", pair_gaps_markdown(results["pair_gaps"])]
   lines += ["", _footnote(results)]
   return "\n".join(lines) + "\n"
 
@@ -640,3 +646,108 @@ def write(results: dict[str, Any], workdir: Path) -> None:
     plot(results, workdir)
   if len(results.get("comparison") or []) >= 2:
     plot_comparison(results["comparison"], workdir / "methods.png")
+  if len(results.get("pair_gaps") or []) >= 2:
+    plot_zoo(results, workdir, method=results["pair_gaps"][0]["method"])
+
+
+# --- the zoo: which pairs have a gap worth a fine-tune -------------------------------------------
+
+def pair_gaps(runs: list[dict[str, Any]], *, method: str, min_gap_examples: float) -> list[dict[str, Any]]:
+  """One row per (weak, strong) pair of `method`'s runs: the ceiling's per-seed lead over the weak
+  model (strong − weak accuracy, same seed) with its spread, whether the gap is *clear*, and PGR.
+
+  Clear: the 95% bootstrap CI of the mean gap lies above the minimum gap (`min_gap`, in test
+  examples). Such a pair's ceiling beats the weak model by more than noise, so its PGR measures
+  something and the pair is worth fine-tuning. Rows are ordered clear first, then by median PGR.
+  """
+  groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+  for run in runs:
+    if run["method"] == method:
+      groups[(run["weak"], run["strong"])].append(run)
+  rows = []
+  for (weak, strong), group in groups.items():
+    gaps = [r["strong_acc"] - r["weak_acc"] for r in group if _finite(r["strong_acc"]) and _finite(r["weak_acc"])]
+    n_test = max(r["n_test"] for r in group)
+    floor = min_gap(n_test, min_gap_examples)
+    gap = _spread(gaps)
+    clear = bool(gap["n"] >= 2 and gap["ci95"][0] >= floor - _GAP_TOLERANCE)
+    rows.append({"weak": weak, "strong": strong, "method": method, "gap": gap, "min_gap": floor, "clear": clear,
+                 "pgr": _spread([r["pgr"] for r in group]), "pgr_auroc": _spread([r["pgr_auroc"] for r in group]),
+                 "seeds": [r["seed"] for r in group]})
+  return sorted(rows, key=lambda r: (not r["clear"], -(r["pgr"]["median"] if _defined(r["pgr"]) else -math.inf)))
+
+
+def pair_gaps_markdown(rows: list[dict[str, Any]]) -> str:
+  lines = ["| weak | strong | ceiling − weak, mean [95% CI] | clear gap | PGR | PGR mean [95% CI] | PGR (AUROC) | seeds |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in rows:
+    g = r["gap"]
+    gap = "n/a" if g["mean"] is None else (f"{_signed(g['mean'])} [{_signed(g['ci95'][0])}, "
+                                           f"{_signed(g['ci95'][1])}]" if g["n"] > 1 else _signed(g["mean"]))
+    lines.append(f"| {r['weak']} | {r['strong']} | {gap} | {'yes' if r['clear'] else 'no'} | {_cell(r['pgr'])} | "
+                 f"{_mean_cell(r['pgr'])} | {_cell(r['pgr_auroc'])} | {len(r['seeds'])} |")
+  return "\n".join(lines)
+
+
+def plot_zoo(results: dict[str, Any], workdir: Path, *, method: str) -> list[Path]:
+  """The paper's figure over model size, and a weak × strong PGR heatmap, for `method`'s runs.
+
+  accuracy_vs_size.png: test accuracy against the strong model's parameter count (log scale), one
+  line per weak model, with each model's ground-truth ceiling; medians over seeds.
+  pgr_heatmap.png: median PGR per (weak, strong); blank where the pair did not run or PGR is undefined.
+  """
+  plt = _pyplot()
+  summary = [r for r in results["summary"] if r["method"] == method]
+  sizes = results.get("model_sizes") or {}
+  order = [m for m in results.get("model_order", []) if any(m in (r["weak"], r["strong"]) for r in summary)]
+  written = []
+  if summary and all(sizes.get(m) for m in order):
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ceiling = {}
+    for r in summary:
+      if _defined(r["strong_acc"]):
+        ceiling[r["strong"]] = r["strong_acc"]["median"]
+      if _defined(r["weak_acc"]):
+        ceiling.setdefault(r["weak"], r["weak_acc"]["median"])  # a weak model's own ground-truth run
+    xs = sorted(ceiling, key=lambda m: sizes[m])
+    ax.plot([sizes[m] for m in xs], [ceiling[m] for m in xs], "k--o", label="ground truth (ceiling)")
+    for weak in [m for m in order if any(r["weak"] == m for r in summary)]:
+      rows = sorted((r for r in summary if r["weak"] == weak and _defined(r["w2s_acc"])), key=lambda r: sizes[r["strong"]])
+      if rows:
+        ax.plot([sizes[r["strong"]] for r in rows], [r["w2s_acc"]["median"] for r in rows], "o-",
+                label=f"weak {weak} → strong")
+    for m in xs:
+      ax.annotate(m, (sizes[m], ceiling[m]), fontsize=7, xytext=(3, -10), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("strong model parameters (backbone)")
+    ax.set_ylabel("test accuracy (median over seeds)")
+    ax.set_title(f"weak-to-strong by model size ({method})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(workdir / "accuracy_vs_size.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+  weaks = [m for m in order if any(r["weak"] == m for r in summary)]
+  strongs = [m for m in order if any(r["strong"] == m for r in summary)]
+  if weaks and strongs:
+    grid = np.full((len(weaks), len(strongs)), np.nan)
+    for r in summary:
+      if _defined(r["pgr"]):
+        grid[weaks.index(r["weak"]), strongs.index(r["strong"])] = r["pgr"]["median"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(strongs) + 2.5, 1.0 * len(weaks) + 1.8))
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-1, vmax=1)
+    for i in range(len(weaks)):
+      for j in range(len(strongs)):
+        ax.text(j, i, "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(strongs)), strongs, rotation=20, fontsize=8)
+    ax.set_yticks(range(len(weaks)), weaks, fontsize=8)
+    ax.set_xlabel("strong student")
+    ax.set_ylabel("weak supervisor")
+    ax.set_title(f"median PGR ({method}); n/a: not run or ceiling not clearly above weak", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    written.append(workdir / "pgr_heatmap.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+  return written

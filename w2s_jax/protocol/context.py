@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -19,6 +20,7 @@ from w2s_jax import seeds as seeds_lib, sharding, stage_keys
 from w2s_jax.artifacts import Stage, StageStore
 from w2s_jax.data import splits, tasks
 from w2s_jax.errors import UserError
+from w2s_jax import models
 from w2s_jax.models import checkpoints, layers
 from w2s_jax.stage_keys import StageConfig
 from w2s_jax.tracking import Tracker
@@ -109,6 +111,18 @@ def checkpoint_fingerprint(checkpoint: str) -> str:
         f.seek(offset)
         digest.update(f.read(_SAMPLE))
   return digest.hexdigest()[:16]
+
+
+def model_size(checkpoint: str) -> int | None:
+  """The backbone's parameter count, from its config alone (shapes, no weights read); None if the
+  checkpoint cannot be resolved here (a cached rerun without the hub): sizes only label figures."""
+  try:
+    directory = checkpoints.resolve_checkpoint(checkpoint)
+    config = models.config_from_hf(checkpoints.read_hf_config(directory))
+    module = checkpoints.build_model(config, pooling="mean")
+  except (UserError, OSError):
+    return None
+  return int(sum(x.size for x in jax.tree.leaves(checkpoints.abstract_params(module)["backbone"])))
 
 
 def check_join(uids: np.ndarray, examples: list[tasks.Example], stage: Stage, what: str) -> None:

@@ -22,7 +22,7 @@ from w2s_jax.errors import UserError
 from w2s_jax.methods import Recipe
 from w2s_jax.methods.rounds import RELABELLINGS
 from w2s_jax.protocol import bootstrap, pgr
-from w2s_jax.protocol.context import Context, SeedData, model_specs
+from w2s_jax.protocol.context import Context, SeedData, model_size, model_specs
 from w2s_jax.protocol.ground_truth import ground_truth
 from w2s_jax.protocol.weak_labels import supervision
 from w2s_jax.train.fit import softmax
@@ -173,6 +173,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool =
              "summary": report.summarize(runs),
              "oai_summary": report.summarize_oai(runs, min_gap_examples=min_gap_examples),
              "comparison": report.compare_methods(runs, baseline=baseline), "comparison_baseline": baseline,
+             "pair_gaps": report.pair_gaps(runs, method=baseline, min_gap_examples=min_gap_examples),
+             "model_sizes": {name: model_size(ctx.models[name].checkpoint) for name in p.ground_truth_models},
              "min_gap_examples": min_gap_examples, "chains": chains, "chain_summary": report.summarize_chains(chains),
              "wall_s": time.time() - start, "trained_stages": ctx.trained_stages, "workdir": str(ctx.workdir)}
   if jax.process_index() == 0:
