@@ -303,3 +303,15 @@ def test_a_checkpoint_retrained_into_the_same_directory_gets_a_new_key(tmp_path)
   tiny_models.save_gpt2(directory, n_embd=128, n_layer=2, seed=1)  # same shapes and size, other weights
   assert context.checkpoint_fingerprint(str(directory)) != first
   assert context.checkpoint_fingerprint("openai-community/gpt2") == "openai-community/gpt2"
+
+
+def test_force_retrains_each_shared_stage_once(assets, tmp_path):
+  """Recipes share stages (the weak ground truth; a strong-to-strong's first student is the xent
+  student): --force redoes each once per run, not once per recipe that reads it."""
+  config = tiny_config(assets, **{"mesh.data": 1, "mesh.fsdp": 1, "train.linear_probe": True, "train.epochs": 1.0,
+                                  "methods": ("xent", "xent+strong_to_strong")})
+  first = sweep.run(config, tmp_path)
+  assert first["trained_stages"] == 2 + 2 + 2  # features, ground truths, two students
+  forced = sweep.run(config, tmp_path, force=True)
+  assert forced["trained_stages"] == first["trained_stages"]
+  assert json.dumps(forced["runs"]) == json.dumps(first["runs"])

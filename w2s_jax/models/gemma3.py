@@ -163,17 +163,9 @@ PRESETS = {
 }
 
 
-class RMSNorm(nn.Module):
+def RMSNorm(epsilon: float, dtype: jnp.dtype, *, name: str | None = None) -> layers.RMSNorm:
   """Gemma's RMSNorm: x / rms(x) * (1 + scale) in float32 (the scale is stored zero-centred, as in HF)."""
-  epsilon: float = 1e-6
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-    x = x.astype(jnp.float32)
-    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.epsilon)
-    return (y * (1.0 + scale)).astype(self.dtype)
+  return layers.RMSNorm(epsilon, dtype, zero_centered=True, name=name)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array, window: jax.Array,

@@ -139,16 +139,21 @@ class LayerNorm(nn.Module):
 
 
 class RMSNorm(nn.Module):
-  """RMSNorm as Llama/Qwen2 compute it: x / rms(x) * scale, in float32."""
+  """RMSNorm as Llama/Qwen2 compute it: x / rms(x) * scale, in float32.
+
+  zero_centered: the scale is stored as scale - 1 and applied as (1 + scale), as Gemma stores it.
+  """
   epsilon: float = 1e-6
   dtype: jnp.dtype = jnp.float32
+  zero_centered: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    init = nn.initializers.zeros if self.zero_centered else nn.initializers.ones
+    scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
     x = x.astype(jnp.float32)
     y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.epsilon)
-    return (y * scale).astype(self.dtype)
+    return (y * (1.0 + scale if self.zero_centered else scale)).astype(self.dtype)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array, *,

@@ -177,6 +177,7 @@ class Context:
     self._tokenizers: dict[str, Any] = {}
     self._fingerprints: dict[str, str] = {}  # "task" and each model's name -> content hash
     self.features_cache: dict[str, dict[str, np.ndarray]] = {}  # features stages loaded in this run
+    self._finished: dict[str, tuple[dict, dict]] = {}  # stage key -> (result, arrays) finished or loaded
     self.trained_stages = 0  # how many stages this process actually trained (0 on a cached rerun)
 
   # --- data -----------------------------------------------------------------------------------
@@ -223,10 +224,18 @@ class Context:
     return self.store.stage(kind, spec), StageConfig(kind, values)
 
   def load_or_clear(self, stage: Stage) -> tuple[dict, dict] | None:
-    """A finished stage's (result, arrays); None if it must run (not finished, or --force)."""
+    """A finished stage's (result, arrays); None if it must run (not finished, or --force).
+
+    A stage that this run already finished or loaded is served from memory: several recipes
+    share one supervisor's ground truth, and a strong-to-strong or chain's first student is the
+    plain student, so without this each would be read again (and, with --force, retrained).
+    """
+    if stage.key in self._finished:
+      return self._finished[stage.key]
     if stage.done():
       if not self.force:
-        return stage.load()
+        self._finished[stage.key] = stage.load()
+        return self._finished[stage.key]
       stage.clear()
     return None
 
@@ -239,4 +248,5 @@ class Context:
       arrays[f"{k}_uids"] = np.array([e.uid for e in examples[k]], np.int64)
     stage.save(result, arrays, keep_checkpoints=self.config.train.keep_checkpoints)
     self.trained_stages += 1
+    self._finished[stage.key] = (result, arrays)
     return StageResult(stage, result, arrays)
