@@ -24,6 +24,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where stages, checkpoints and r
 _FORCE = flags.DEFINE_bool("force", False, "Recompute finished stages instead of loading them.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 _LIST_METHODS = flags.DEFINE_bool("list_methods", False, "Print every registered method, one line each, and exit.")
+_SEARCH = flags.DEFINE_bool("search", False, "Choose hyperparameters on validation data (config.search's grid) "
+                            "instead of running the sweep; writes WORKDIR/search.md.")
 _PLAN = flags.DEFINE_bool("plan", False, "Check the config and print what the sweep would run, then exit.")
 
 
@@ -50,6 +52,12 @@ def main(argv):
     from w2s_jax.protocol import sweep
     if _PLAN.value:
       print("\n".join(sweep.plan(_CONFIG.value).describe()))
+      return 0
+    if _SEARCH.value:
+      from w2s_jax.protocol import search
+      search.run(_CONFIG.value, _WORKDIR.value, force=_FORCE.value)
+      if jax.process_index() == 0:
+        print((Path(_WORKDIR.value) / "search.md").read_text())
       return 0
     sweep.run(_CONFIG.value, _WORKDIR.value, force=_FORCE.value)
   except UserError as e:

@@ -26,3 +26,22 @@ def test_zoo_runlocal_lists_pairs_and_writes_the_figures(tmp_path):
   assert "## Pairs worth a fine-tune" in done.stdout
   for name in ("accuracy_vs_size.png", "pgr_heatmap.png"):
     assert (tmp_path / name).exists(), name
+
+
+def load_zoo_config(arg=None):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("zoo", REPO / "configs" / "zoo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_the_zoo_holds_every_offline_model_and_small_leaves_out_only_the_qwens():
+  from w2s_jax import offline
+  full, small = load_zoo_config(), load_zoo_config("small")
+  assert {m.checkpoint for m in full.models.values()} == {f"offline:{name}" for name in offline.MODELS}
+  assert sorted(full.model_order) == sorted(full.models.keys())
+  left_out = {full.models[n].checkpoint for n in full.model_order if n not in small.model_order}
+  assert left_out == {"offline:qwen2.5-coder-0.5b", "offline:qwen2.5-coder-1.5b"}
+  with pytest.raises(ValueError, match="unknown variant"):
+    load_zoo_config("tiny")

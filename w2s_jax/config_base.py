@@ -83,6 +83,13 @@ def base() -> ml_collections.ConfigDict:
       checkpoint_every=200,   # orbax checkpoints every N steps and at the end; a rerun resumes
       keep_checkpoints=False,  # keep a finished stage's final checkpoint (else deleted: disk)
   ))
+  # `launch/main.py --search`: hyperparameters chosen on a validation part of half A (ground truth;
+  # the test set unread), w2s_jax/protocol/search.py. An empty axis keeps the config's own value.
+  c.search = ml_collections.ConfigDict(dict(
+      lr=(), epochs=(), n_train=(),  # the grid: every combination, for every model
+      val_frac=0.25,           # the part of half A held out as validation
+      seeds=(0,),
+  ))
   c.report = ml_collections.ConfigDict(dict(
       # PGR is undefined (null, "n/a") unless the ceiling beats the weak model by at least this
       # many test examples: a gap of one or two examples is noise, and its ratio is meaningless.

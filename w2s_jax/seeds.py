@@ -26,7 +26,8 @@ same on every machine, process and Python version.
 import hashlib
 import json
 
-PURPOSES = ("subsample", "split", "batch_order", "head_init", "validation", "relabel_parts")
+PURPOSES = ("subsample", "split", "batch_order", "head_init", "validation", "relabel_parts",
+            "search_validation")
 
 
 def derive(seed: int, purpose: str, *context: str | int) -> int:

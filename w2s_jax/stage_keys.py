@@ -29,7 +29,8 @@ import ml_collections
 # stage arrays keyed by example uid with logits (AUROC from logit margins), one seed per purpose.
 # weak_to_strong 3: its result holds the imitation and misfit diagnostics (diagnostics.py);
 # 4: a student runs a recipe of methods (supervisor, labels, examples, loss, selection).
-VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 4}
+# validation 1: a model trained on half A less a validation part, scored on it (protocol/search.py).
+VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 4, "validation": 1}
 
 RUNTIME_ONLY = {
     "train.log_every": "how often metrics are logged",
@@ -44,6 +45,10 @@ RUNTIME_ONLY = {
     "pairs": "which weak-to-strong stages run",
     "chains": "which bootstrapping stages run",
     "chain_relabel": "which relabellings of the chains run; each stage's key holds the part of half B it trains on",
+    "search.lr": "which learning rates the search tries; each validation stage's key holds its own model.lr",
+    "search.epochs": "which epoch counts the search tries; each validation stage's key holds its own train.epochs",
+    "search.n_train": "which n_train the search tries; each validation stage's key holds its own n_train",
+    "search.seeds": "which seeds the search runs; each validation stage's key holds its own seed",
 }
 
 DATA = ("task", "n_train", "n_test", "balance", "max_length", "data_seed")
@@ -55,6 +60,7 @@ FIELDS = {
                         "train.batch_size", "train.length_buckets", "train.length_multiple"),
     "ground_truth": DATA + ("models.{model}", "train", "head_init"),
     "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "method_options.{method}"),
+    "validation": DATA + ("models.{model}", "train", "head_init", "search.val_frac"),
 }
 
 _ROLE_PREFIXES = {"models.{model}": "model"}
