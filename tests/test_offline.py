@@ -68,6 +68,27 @@ TINY_LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidde
                   rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
 
 
+def write_gguf_tensors(writer, model, gguf_to_hf: dict[str, str], convert) -> None:
+  """Every tensor of `model` under its llama.cpp name (the inverse of `gguf_to_hf`), as
+  `convert(hf_name, float32 weight)` returns it (None: the file stores no such tensor); then the
+  file is written and closed."""
+  hf_to_gguf = {h.replace("{i}", "(\\d+)"): g for g, h in gguf_to_hf.items()}
+  for name, tensor in model.state_dict().items():
+    weight = convert(name, tensor.numpy().astype(np.float32))
+    if weight is None:
+      continue
+    for pattern, gguf_name in hf_to_gguf.items():
+      if m := re.fullmatch(pattern.replace(".", r"\."), name):
+        break
+    else:
+      raise AssertionError(f"no GGUF name for {name}")
+    writer.add_tensor(gguf_name.replace("{i}", m.group(1)) if m.groups() else gguf_name, weight)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
 def write_llama_gguf(model: transformers.LlamaForCausalLM, path: Path) -> None:
   """A float32 GGUF of a HF Llama, named and permuted the way llama.cpp's converter writes it."""
   gguf = pytest.importorskip("gguf")
@@ -83,25 +104,15 @@ def write_llama_gguf(model: transformers.LlamaForCausalLM, path: Path) -> None:
   writer.add_rope_freq_base(TINY_LLAMA["rope_theta"])
   writer.add_layer_norm_rms_eps(c.rms_norm_eps)
   writer.add_vocab_size(c.vocab_size)
-  hf_to_gguf = {h.replace("{i}", "(\\d+)"): g for g, h in offline.GGUF_TO_HF_LLAMA.items()}
-  for name, tensor in model.state_dict().items():
+  def convert(name, weight):
     if name == "lm_head.weight" and c.tie_word_embeddings:
-      continue  # tied: llama.cpp stores no output.weight
-    for pattern, gguf_name in hf_to_gguf.items():
-      if m := re.fullmatch(pattern.replace(".", r"\."), name):
-        break
-    else:
-      raise AssertionError(f"no GGUF name for {name}")
-    weight = tensor.numpy().astype(np.float32)
+      return None  # tied: llama.cpp stores no output.weight
     if ".q_proj." in name:
-      weight = llama_cpp_permute(weight, c.num_attention_heads)
-    elif ".k_proj." in name:
-      weight = llama_cpp_permute(weight, c.num_key_value_heads)
-    writer.add_tensor(gguf_name.replace("{i}", m.group(1)) if m.groups() else gguf_name, weight)
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+      return llama_cpp_permute(weight, c.num_attention_heads)
+    if ".k_proj." in name:
+      return llama_cpp_permute(weight, c.num_key_value_heads)
+    return weight
+  write_gguf_tensors(writer, model, offline.GGUF_TO_HF_LLAMA, convert)
 
 
 def test_gguf_llama_conversion_matches_the_torch_model(tmp_path):
@@ -162,19 +173,7 @@ def write_qwen2_gguf(model: transformers.Qwen2ForCausalLM, path: Path) -> None:
   writer.add_layer_norm_rms_eps(c.rms_norm_eps)
   writer.add_tokenizer_model("gpt2")
   writer.add_token_list([f"t{i}" for i in range(c.vocab_size)])
-  hf_to_gguf = {h.replace("{i}", "(\\d+)"): g for g, h in offline.GGUF_TO_HF_QWEN2.items()}
-  for name, tensor in model.state_dict().items():
-    for pattern, gguf_name in hf_to_gguf.items():
-      if m := re.fullmatch(pattern.replace(".", r"\."), name):
-        break
-    else:
-      raise AssertionError(f"no GGUF name for {name}")
-    weight = tensor.numpy().astype(np.float32)
-    writer.add_tensor(gguf_name.replace("{i}", m.group(1)) if m.groups() else gguf_name, weight)
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+  write_gguf_tensors(writer, model, offline.GGUF_TO_HF_QWEN2, lambda name, weight: weight)
 
 
 def test_gguf_qwen2_conversion_matches_transformers_and_the_torch_model(tmp_path):
@@ -355,23 +354,9 @@ def write_gemma3_gguf(model: transformers.Gemma3ForCausalLM, path: Path) -> None
   # Like the real file: no gemma3.vocab_size key, the size is the token list's.
   writer.add_tokenizer_model("llama")
   writer.add_token_list([f"t{i}" for i in range(c.vocab_size)])
-  hf_to_gguf = {h.replace("{i}", "(\\d+)"): g for g, h in offline.GGUF_TO_HF_GEMMA3.items()}
-  for name, tensor in model.state_dict().items():
-    if name == "lm_head.weight":
-      continue
-    for pattern, gguf_name in hf_to_gguf.items():
-      if m := re.fullmatch(pattern.replace(".", r"\."), name):
-        break
-    else:
-      raise AssertionError(f"no GGUF name for {name}")
-    weight = tensor.numpy().astype(np.float32)
-    if name.endswith("norm.weight"):
-      weight = weight + 1.0
-    writer.add_tensor(gguf_name.replace("{i}", m.group(1)) if m.groups() else gguf_name, weight)
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+  # Tied: no output.weight. llama.cpp stores Gemma's norms as 1 + w.
+  write_gguf_tensors(writer, model, offline.GGUF_TO_HF_GEMMA3, lambda name, weight: (
+      None if name == "lm_head.weight" else weight + 1.0 if name.endswith("norm.weight") else weight))
 
 
 def test_gguf_gemma3_conversion_matches_transformers_gguf_loader(tmp_path):
