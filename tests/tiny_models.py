@@ -22,6 +22,29 @@ def word_tokenizer() -> transformers.PreTrainedTokenizerFast:
                                               eos_token="[EOS]")
 
 
+def char_tokenizer() -> transformers.PreTrainedTokenizerFast:
+  """One token per printable ASCII character (a FEN, a UCI move): what a tiny chess model reads."""
+  chars = [chr(c) for c in range(32, 127)]
+  vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2} | {c: i + 3 for i, c in enumerate(chars)}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex("."), behavior="isolated")
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                              eos_token="[EOS]")
+
+
+def save_llama(directory: Path, *, hidden: int = 32, layers: int = 2, chars: bool = False, seed: int = 0) -> Path:
+  """A tiny random Llama (tied embeddings) with the word tokenizer, or the character one."""
+  torch.manual_seed(seed)
+  tok = char_tokenizer() if chars else word_tokenizer()
+  config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                                    num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                    max_position_embeddings=256, tie_word_embeddings=True,
+                                    bos_token_id=2, eos_token_id=2, pad_token_id=0)
+  transformers.LlamaForCausalLM(config).save_pretrained(directory)
+  tok.save_pretrained(directory)
+  return directory
+
+
 def save_gpt2(directory: Path, *, n_embd: int, n_layer: int, seed: int = 0) -> Path:
   torch.manual_seed(seed)
   tok = word_tokenizer()

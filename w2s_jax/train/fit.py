@@ -141,7 +141,8 @@ def train_head(model: LoadedModel, cached_features: np.ndarray, labels: np.ndarr
 
 
 def _fit(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, np.ndarray]]], n_examples: int,
-         mesh: Mesh, cfg: TrainConfig, *, on_features: bool, hooks: Sequence[Hook], desc: str) -> Any:
+         mesh: Mesh, cfg: TrainConfig, *, on_features: bool, hooks: Sequence[Hook], desc: str,
+         logits_fn: Callable | None = None) -> Any:
   """The optimizer, the sharded state and the jitted step of `cfg`, run by `loop.run`."""
   n_steps = total_steps(n_examples, cfg)
   tx = optim.make_optimizer(name=cfg.optimizer, lr=cfg.lr, total_steps=n_steps, schedule=cfg.schedule,
@@ -151,7 +152,8 @@ def _fit(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, n
   state, state_shardings, trainable = state_lib.create(model.params, tx, mesh, linear_probe=cfg.linear_probe)
   step_fn = steps.jit_train_step(
       steps.make_train_step(model.module, tx, loss_fn, total_steps=n_steps, trainable=trainable,
-                            microbatches=cfg.microbatches, mesh=mesh, on_features=on_features),
+                            microbatches=cfg.microbatches, mesh=mesh, on_features=on_features,
+                            logits_fn=logits_fn),
       state_shardings, mesh)
   return loop.run(step_fn, state, epoch_batches, n_steps, mesh, hooks=hooks, desc=desc)
 

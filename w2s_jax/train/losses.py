@@ -308,7 +308,29 @@ def window(logits: jax.Array, targets: jax.Array, weight: jax.Array,
   return loss, {"uncertain_frac": _masked_mean(uncertain.astype(jnp.float32), weight)}
 
 
+def lm(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+       progress: jax.Array | float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Language-modelling loss: the target completion's negative log-likelihood, prompt masked.
+
+    loss = sum_i w_i * ( -sum_k t_ik s_ik ) / sum_i w_i
+
+  For a language model on multiple-choice examples only (w2s_jax/train/choices.py): s_ik, the
+  "logits", are the summed token log-probabilities of candidate k after prompt i, so with a
+  hard target this is the next-token cross-entropy summed over the completion's tokens (the
+  chess move the supervisor chose); a soft target weighs each candidate's NLL by its
+  probability. Unlike `xent` it does not normalise over the candidates: it raises the
+  target's likelihood without pushing the others down. A row's loss is a sum over its
+  tokens, so every completion token weighs the same, as in a token mean. `progress` is unused.
+  """
+  del progress
+  logits = logits.astype(jnp.float32)
+  # where(): an empty slot's logit (a large negative constant) times its target 0 adds nothing.
+  nll = -jnp.sum(jnp.where(targets > 0, targets.astype(jnp.float32) * logits, 0.0), axis=-1)
+  return _masked_mean(nll, weight), {}
+
+
 LOSSES: dict[str, LossFn] = {
+    "lm": lm,
     "xent": xent,
     "xent_hard": xent_hard,
     "logconf": logconf,

@@ -47,7 +47,8 @@ def _microbatches(batch: dict[str, jax.Array], num: int, mesh: Mesh | None) -> d
 
 def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn: LossFn, *,
                     total_steps: int, trainable: tuple[str, ...], microbatches: int = 1,
-                    mesh: Mesh | None = None, on_features: bool = False) -> Callable:
+                    mesh: Mesh | None = None, on_features: bool = False,
+                    logits_fn: Callable | None = None) -> Callable:
   """A pure train step for a Classifier; jit it with `jit_train_step`.
 
   loss_fn: loss_fn(logits, targets, weight, progress) -> (loss, aux), e.g. `losses.get_loss(...)`.
@@ -58,9 +59,14 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
   trainable: top-level parameter groups that receive gradients (("head",) for a linear
     probe: the backbone is closed over as a constant, so no backbone gradient exists).
   on_features: the batch carries cached pooled `features` and only the head runs.
+  logits_fn: logits_fn(module, params, microbatch) -> logits [B, C], for a module that is not a
+    Classifier: a language model scoring candidate completions (`w2s_jax.train.choices`),
+    whose [B, K] candidate log-likelihoods every loss above reads as class logits.
   """
 
   def logits_of(params, mb):
+    if logits_fn is not None:
+      return logits_fn(module, params, mb)
     if on_features:
       return module.apply({"params": params}, mb["features"], method="classify")
     return module.apply({"params": params}, mb["input_ids"], mb["attention_mask"])
