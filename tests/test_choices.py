@@ -203,3 +203,20 @@ def test_choice_batches_check_targets(tokenizer):
     next(choice_batching.choice_batches(data, 4, targets=bad, shuffle=False, seed=0))
   with pytest.raises(UserError, match="NaN"):
     next(choice_batching.choice_batches(data, 4, targets=np.full((4, 3), np.nan), shuffle=False, seed=0))
+
+
+def test_greedy_continuations_are_the_argmax_tokens(lm_dir, tokenizer):
+  mesh = sharding.make_mesh(data=8, fsdp=1)
+  model = load(lm_dir, mesh)
+  data = choice_batching.tokenize_choices(EXAMPLES, tokenizer, max_length=32)
+  generated = choices.greedy_continuations(model, model.params, data.prompts, mesh, max_new_tokens=3, batch_size=8)
+  params = jax.device_get(model.params)
+  for prompt, out in zip(data.prompts, generated):
+    ids = list(prompt)
+    for _ in range(3):
+      x = np.array([ids], np.int32)
+      ids.append(int(np.argmax(np.asarray(model.module.apply({"params": params}, x, np.ones_like(x)))[0, -1])))
+    np.testing.assert_array_equal(out, ids[len(prompt):])
+  cands = data.candidates[0]
+  assert choices.starts_with_a_candidate(np.concatenate([cands[2], [5, 6]]), cands)  # what follows is not judged
+  assert not choices.starts_with_a_candidate(np.array([1, 5, 6], np.int32), cands)  # [UNK] first: no candidate

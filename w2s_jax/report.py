@@ -165,6 +165,35 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return summary
 
 
+def summarize_models(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One row per model (and the model-free baselines' row): each numeric field's `_spread` over seeds."""
+  groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+  for row in models:
+    groups[row["model"]].append(row)
+  out = []
+  for name, group in groups.items():
+    fields = sorted({k for r in group for k in r} - {"model", "seed"})
+    out.append({"model": name, "seeds": [r["seed"] for r in group],
+                **{f: _spread([r.get(f) for r in group]) for f in fields}})
+  return out
+
+
+def models_markdown(rows: list[dict[str, Any]]) -> str:
+  """Each model's fine-tuned accuracy beside its k-shot prompting and, for multiple-choice tasks, how
+  often its greedy continuation is not a candidate; model-free baselines (chess) in their own row."""
+  shots = sorted({int(k.split("_")[0]) for r in rows for k in r if k.endswith("_shot_acc")})
+  columns = [("finetuned_acc", "fine-tuned acc"), *[(f"{k}_shot_acc", f"{k}-shot acc") for k in shots]]
+  if any("greedy_not_candidate" in r and r["greedy_not_candidate"]["n"] for r in rows):
+    columns.append(("greedy_not_candidate", "greedy not a candidate"))
+  if any("chance_acc" in r for r in rows):
+    columns += [("chance_acc", "random candidate"), ("capture_or_check_acc", "random capture or check")]
+  lines = ["| model | " + " | ".join(label for _, label in columns) + " | seeds |",
+           "| --- | " + " | ".join("---" for _ in columns) + " | --- |"]
+  for r in rows:
+    lines.append(f"| {r['model']} | " + " | ".join(_cell(r.get(f)) for f, _ in columns) + f" | {len(r['seeds'])} |")
+  return "\n".join(lines)
+
+
 def summarize_chains(chains: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One row per (chain, method, relabel): the chain's final numbers and PGR vs the direct weak->strong run."""
   return [{"chain": chain, "method": method, "relabel": relabel, "oracle": _oracle(group),
@@ -499,6 +528,14 @@ def markdown(results: dict[str, Any]) -> str:
                    f"{_mean_cell(row['pgr'])} | {_cell(row['direct_w2s_acc'])} | {_cell(row['direct_pgr'])} | "
                    f"{_mean_cell(row['direct_pgr'])} | {_cell(row['pgr_auroc'])} | "
                    f"{_cell(row['direct_pgr_auroc'])} | {_notes(row, chain_labels)} |")
+  if any(k.endswith("_shot_acc") or k == "chance_acc" or (k == "greedy_not_candidate" and r[k]["n"])
+         for r in results.get("model_summary") or [] for k in r):
+    lines += ["", "## Models beside their fine-tunes", "",
+              "Each model fine-tuned on half A's ground truth (its weak number, or its ceiling), beside the same "
+              "model untrained and prompted k-shot with demonstrations from half A (decoders only); on a "
+              "multiple-choice task, how often its greedy, unconstrained continuation is not one of the candidates "
+              "(chess: not a legal move); and model-free baselines on the same test set.", "",
+              models_markdown(results["model_summary"])]
   if len(results.get("pair_gaps") or []) >= 2:
     method = results["pair_gaps"][0]["method"]
     lines += ["", "## Pairs worth a fine-tune", "",

@@ -13,6 +13,8 @@ own independent stream so that changing one never moves another by accident:
   |               | a student's checkpoint (selection methods)   |                                       |
   | "relabel_parts"| how half B is cut into one part per student | the seed, the number of parts         |
   |               | (held-out relabelling: methods/rounds.py)    |                                       |
+  | "prompting"   | the k demonstrations of k-shot prompts       | the seed, k                           |
+  |               | (protocol/prompting.py)                      |                                       |
 
 A supervisor ensemble's extra members (methods/supervisors.py) add their member index to the
 batch-order and head-init streams: the same half A, another run.
@@ -27,7 +29,7 @@ import hashlib
 import json
 
 PURPOSES = ("subsample", "split", "batch_order", "head_init", "validation", "relabel_parts",
-            "search_validation")
+            "search_validation", "prompting")
 
 
 def derive(seed: int, purpose: str, *context: str | int) -> int:

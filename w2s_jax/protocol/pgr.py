@@ -15,11 +15,14 @@ from w2s_jax.methods import Recipe
 from w2s_jax.train import metrics as metrics_lib
 
 
-def test_metrics(logits: np.ndarray, examples: list[tasks.Example]) -> dict[str, float]:
+def test_metrics(logits: np.ndarray, examples: list[tasks.Example]) -> dict[str, float | None]:
   """Accuracy, and AUROC ranked by the logit margin (float32 probabilities tie at 1.0 once a
-  model is confident, which pulls AUROC toward 0.5)."""
+  model is confident, which pulls AUROC toward 0.5). A multiple-choice task has accuracy only
+  (AUROC is binary): its auroc is None, and so every PGR on AUROC is undefined."""
   labels = np.array([e.label for e in examples], np.int32)
   weight = np.ones(len(labels), np.float32)
+  if tasks.is_choice(examples):
+    return {"acc": float(metrics_lib.accuracy(logits, labels, weight)), "auroc": None, "n_test": int(len(labels))}
   margin = logits[:, 1].astype(np.float32) - logits[:, 0].astype(np.float32)
   return {"acc": float(metrics_lib.accuracy(logits, labels, weight)),
           "auroc": float(metrics_lib.roc_auc(margin, labels, weight)), "n_test": int(len(labels))}

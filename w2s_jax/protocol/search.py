@@ -33,9 +33,10 @@ import numpy as np
 from w2s_jax import seeds
 from w2s_jax.data import splits
 from w2s_jax.errors import UserError
-from w2s_jax.protocol import pgr
+from w2s_jax.protocol import generative as generative_lib, pgr
 from w2s_jax.protocol.context import Context, ModelSpec, SeedData, StageResult, train_config
 from w2s_jax.protocol.fitting import FitRequest, fit
+from w2s_jax.protocol.ground_truth import ground_truth_loss
 
 
 def grid(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -69,20 +70,22 @@ def point_config(config: ml_collections.ConfigDict, point: dict[str, Any], model
 def validation_fit(ctx: Context, name: str, data: SeedData) -> StageResult:
   """`name` trained on half A less its validation part (ground truth), scored on that part."""
   seed = data.seed
-  stage, view = ctx.stage("validation", model=name, seed=seed, trained_on="half_a_less_validation")
+  gen_stage, backbone = generative_lib.backbone_of(ctx, ctx.models[name], data)
+  stage, view = ctx.stage("validation", model=name, seed=seed, trained_on="half_a_less_validation",
+                          **({"generative": gen_stage.key} if gen_stage is not None else {}))
   model = ModelSpec.from_view(name, view)
   fit_on, val = splits.split_validation(data.half_a, view["search.val_frac"], seeds.derive(seed, "search_validation"))
   cached = ctx.load_or_clear(stage)
   if cached is not None:
     return StageResult(stage, *cached)
   # The streams of the ground-truth stage: the search scores the fit the sweep would run.
-  cfg = train_config(view, model, "xent", {}, seeds.derive(seed, "batch_order"))
+  cfg = train_config(view, model, ground_truth_loss(data), {}, seeds.derive(seed, "batch_order"))
   request = FitRequest(
       name=f"validation:{name}:seed{seed}:n{view['n_train']}:epochs{view['train.epochs']:g}:lr{model.lr:g}",
       model=model, cfg=cfg, head_seed=seeds.derive(seed, "head_init", "ground_truth", name), examples=fit_on,
-      targets=np.eye(2, dtype=np.float32)[[e.label for e in fit_on]], weights=None,
-      predict_on={"validation": val})
-  logits, _ = fit(ctx, stage, view, data, request)
+      targets=np.eye(data.num_classes, dtype=np.float32)[[e.label for e in fit_on]], weights=None,
+      predict_on={"validation": val}, backbone=backbone)
+  logits, _, _ = fit(ctx, stage, view, data, request)
   metrics = pgr.test_metrics(logits["validation"], val)
   result = {"model": name, "seed": seed, "n_train": view["n_train"], "epochs": view["train.epochs"], "lr": model.lr,
             "n_fit": len(fit_on), "n_val": metrics.pop("n_test"), "val_acc": metrics["acc"],
@@ -90,7 +93,9 @@ def validation_fit(ctx: Context, name: str, data: SeedData) -> StageResult:
   return ctx.save_predictions(stage, result, logits, {"validation": val})
 
 
-def _mean(values: list[float]) -> float:
+def _mean(values: list[float | None]) -> float:
+  """The mean of the values that exist (a multiple-choice task has no AUROC: None)."""
+  values = [v for v in values if v is not None]
   return float(np.mean(values)) if values else float("nan")
 
 

@@ -21,7 +21,8 @@ from w2s_jax import diagnostics, methods as methods_lib, report
 from w2s_jax.errors import UserError
 from w2s_jax.methods import Recipe
 from w2s_jax.methods.rounds import RELABELLINGS
-from w2s_jax.protocol import bootstrap, pgr
+from w2s_jax.data import tasks
+from w2s_jax.protocol import bootstrap, pgr, prompting as prompting_lib
 from w2s_jax.protocol.context import Context, SeedData, model_size, model_specs
 from w2s_jax.protocol.ground_truth import ground_truth
 from w2s_jax.protocol.weak_labels import supervision
@@ -121,8 +122,29 @@ def _against_supervisor(student, sup, data: SeedData) -> dict[str, float]:
           **diagnostics.misfit(student.arrays["half_b_logits"], softmax(sup.half_b_logits))}
 
 
-def run_seed(ctx: Context, p: Plan, data: SeedData) -> tuple[list[dict], list[dict]]:
-  """The runs and chain rows of one seed."""
+def model_rows(ctx: Context, p: Plan, data: SeedData, gt: dict[str, Any]) -> list[dict[str, Any]]:
+  """Per model of this seed: its fine-tuned test accuracy beside its k-shot prompting (decoders), and
+  for a multiple-choice task how often its greedy continuation is no candidate; for chess, the
+  model-free baselines as a row of their own."""
+  rows = []
+  for name in p.ground_truth_models:
+    row = {"model": name, "seed": data.seed, "finetuned_acc": gt[name].result["acc"],
+           "finetuned_auroc": gt[name].result["auroc"],
+           "greedy_not_candidate": gt[name].result.get("greedy_not_candidate")}
+    if ctx.config.prompting.shots and prompting_lib.is_decoder(ctx, name):
+      for shots in ctx.config.prompting.shots:
+        done = prompting_lib.prompting(ctx, name, data, int(shots)).result
+        row[f"{shots}_shot_acc"], row[f"{shots}_shot_auroc"] = done["acc"], done["auroc"]
+    rows.append(row)
+  if tasks.is_chess_task(ctx.config.task):
+    from w2s_jax.data import chess
+    rows.append({"model": "(no model)", "seed": data.seed, "chance_acc": chess.chance(data.task.test),
+                 "capture_or_check_acc": chess.capture_or_check_baseline(data.task.test)})
+  return rows
+
+
+def run_seed(ctx: Context, p: Plan, data: SeedData) -> tuple[list[dict], list[dict], list[dict]]:
+  """The runs, chain rows and model rows of one seed."""
   min_gap_examples = ctx.config.report.min_gap_examples
   gt = {name: ground_truth(ctx, name, data) for name in p.ground_truth_models}
   runs, chains = [], []
@@ -150,7 +172,7 @@ def run_seed(ctx: Context, p: Plan, data: SeedData) -> tuple[list[dict], list[di
         chains.append(pgr.chain_row(list(names), recipe, relabel, data.seed, _supervisor_metrics(sup, data),
                                     gt[names[-1]].result, [s.result for s in students], direct.result,
                                     min_gap_examples=min_gap_examples))
-  return runs, chains
+  return runs, chains, model_rows(ctx, p, data, gt)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool = False) -> dict[str, Any]:
@@ -161,11 +183,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool =
   if jax.process_index() == 0:
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     (ctx.workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str))
-  runs, chains = [], []
+  runs, chains, models = [], [], []
   for seed in p.seeds:
-    seed_runs, seed_chains = run_seed(ctx, p, ctx.load_data(seed))
+    seed_runs, seed_chains, seed_models = run_seed(ctx, p, ctx.load_data(seed))
     runs += seed_runs
     chains += seed_chains
+    models += seed_models
   min_gap_examples = config.report.min_gap_examples
   names = [r.name for r in p.recipes]
   baseline = "xent" if "xent" in names else names[0]
@@ -176,6 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool =
              "pair_gaps": report.pair_gaps(runs, method=baseline, min_gap_examples=min_gap_examples),
              "model_sizes": {name: model_size(ctx.models[name].checkpoint) for name in p.ground_truth_models},
              "min_gap_examples": min_gap_examples, "chains": chains, "chain_summary": report.summarize_chains(chains),
+             "models": models, "model_summary": report.summarize_models(models),
              "wall_s": time.time() - start, "trained_stages": ctx.trained_stages, "workdir": str(ctx.workdir)}
   if jax.process_index() == 0:
     report.write(results, ctx.workdir)

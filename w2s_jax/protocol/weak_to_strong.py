@@ -11,7 +11,7 @@ from w2s_jax import diagnostics, seeds
 from w2s_jax.data import tasks
 from w2s_jax.methods import Recipe
 from w2s_jax.methods.supervisors import Supervision
-from w2s_jax.protocol import pgr
+from w2s_jax.protocol import generative as generative_lib, pgr
 from w2s_jax.protocol.context import Context, ModelSpec, SeedData, StageResult, check_join, rows_of, train_config
 from w2s_jax.protocol.fitting import FitRequest, fit
 from w2s_jax.protocol.weak_labels import student_data
@@ -24,9 +24,11 @@ def student(ctx: Context, strong: str, recipe: Recipe, data: SeedData, superviso
   seed = data.seed
   # One student: a multi-round recipe's first student is the very stage of its one-student recipe.
   recipe = recipe.per_student()
+  gen_stage, backbone = generative_lib.backbone_of(ctx, ctx.models[strong], data)
   stage, view = ctx.stage("weak_to_strong", model=strong, methods=recipe.named, seed=seed,
                           recipe={kind: m.name for kind, m in recipe.methods.items() if kind != "rounds"},
-                          supervisor=list(supervisor.stage_keys), trained_on=trained_on)
+                          supervisor=list(supervisor.stage_keys), trained_on=trained_on,
+                          **({"generative": gen_stage.key} if gen_stage is not None else {}))
   model = ModelSpec.from_view(strong, view)
   cached = ctx.load_or_clear(stage)
   if cached is not None:
@@ -42,8 +44,8 @@ def student(ctx: Context, strong: str, recipe: Recipe, data: SeedData, superviso
       name += f":{trained_on}"
     request = FitRequest(name=name, model=model, cfg=cfg, head_seed=seeds.derive(seed, "head_init", "weak_to_strong", strong),
                          examples=sd.examples, targets=sd.targets, weights=sd.weights, predict_on=predict_on,
-                         validation=sd.validation)
-    logits, select = fit(ctx, stage, view, data, request)
+                         validation=sd.validation, backbone=backbone)
+    logits, select, extra = fit(ctx, stage, view, data, request)
     test_labels = np.array([e.label for e in data.task.test], np.int32)
     uids = np.array([e.uid for e in data.half_b], np.int64)
     result = {"strong": strong, "supervisor": supervisor.name, "seed": seed,
@@ -52,7 +54,7 @@ def student(ctx: Context, strong: str, recipe: Recipe, data: SeedData, superviso
               **diagnostics.imitation(logits["test"], supervisor.test_logits, test_labels),
               **diagnostics.misfit(logits["half_b"][rows_of(uids, sd.examples)], sd.targets),
               "trained_on": trained_on, "n_fit": len(sd.examples), "n_dropped": sd.n_dropped,
-              "n_downweighted": sd.n_downweighted, "selection": recipe["selection"].name}
+              "n_downweighted": sd.n_downweighted, "selection": recipe["selection"].name, **extra}
     if select is not None:
       result |= {"selected_step": select.best_step, "selection_val_auroc": select.best_score,
                  "selection_history": select.history, "n_val": len(sd.validation.examples)}

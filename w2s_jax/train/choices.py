@@ -176,7 +176,6 @@ def greedy_continuations(model: LoadedModel, params: Any, prompts: Sequence[np.n
   return out
 
 
-def first_word_is_a_candidate(text: str, candidates: Sequence[str]) -> bool:
-  """Whether a generated text's first word is one of the (one-word) candidates, e.g. a legal move."""
-  words = text.split()
-  return bool(words) and words[0] in {c.strip() for c in candidates}
+def starts_with_a_candidate(generated: np.ndarray, candidates: Sequence[np.ndarray]) -> bool:
+  """Whether generated token ids begin with one candidate's tokens (e.g. a legal move's)."""
+  return any(len(generated) >= len(c) and np.array_equal(generated[:len(c)], c) for c in candidates)
