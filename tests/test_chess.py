@@ -13,8 +13,9 @@ import pytest
 
 from tests import tiny_models
 from w2s_jax.config_base import finalize
-from w2s_jax.data import chess
-from w2s_jax.protocol import sweep
+from w2s_jax.data import chess, tasks
+from w2s_jax.errors import UserError
+from w2s_jax.protocol import context, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -83,10 +84,22 @@ def test_chess_sweep_with_a_chain_on_tiny_language_models(assets, tmp_path):
   assert 0.0 < baseline["chance_acc"] < baseline["capture_or_check_acc"] < 1.0
   again = sweep.run(tiny_chess_config(assets), tmp_path)  # every stage cached
   assert again["trained_stages"] == 0
-  # The chess options enter chess stages' keys: another prompt format retrains.
-  board = sweep.run(tiny_chess_config(assets, **{"chess.prompt_format": "board", "chains": (),
-                                                 "methods": ("hard+lm",)}), tmp_path)
-  assert board["trained_stages"] == 3
+
+
+def test_chess_options_enter_chess_stages_keys_only(assets, tmp_path):
+  def key(config):
+    return context.Context(config, tmp_path).stage("ground_truth", model="weak", seed=0)[0].key
+  chess_key = key(tiny_chess_config(assets))
+  assert key(tiny_chess_config(assets, **{"chess.prompt_format": "board"})) != chess_key
+  assert key(tiny_chess_config(assets, **{"chess.min_rating": 900})) != chess_key
+  # On another task the chess fields change nothing.
+  other = {"task": "jsonl:/nonexistent.jsonl"}
+  assert key(tiny_chess_config(assets, **other)) == key(tiny_chess_config(assets, **other, **{"chess.min_rating": 900}))
+
+
+def test_balance_is_refused_for_puzzles(assets):
+  with pytest.raises(UserError, match="multiple choice"):
+    tasks.load_task(f"lichess:{assets['task']}", balance=True)
 
 
 @pytest.mark.slow

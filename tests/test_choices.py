@@ -52,7 +52,7 @@ def test_tokenize_choices_concatenates_prompt_and_candidates(tokenizer):
   assert [len(c) for c in data.candidates[0]] == [1, 1, 2]
   # Candidates are tokenized without special tokens and are the same tokens after any prompt.
   np.testing.assert_array_equal(data.candidates[3][0], data.candidates[1][1])
-  np.testing.assert_array_equal(data.lengths(), [5, 5, 3, 8])
+  np.testing.assert_array_equal(data.lengths(), [7, 6, 5, 9])  # packed: the prompt once, then every candidate
 
 
 def test_tokenize_choices_truncates_the_prompt_start_and_checks_labels(tokenizer):
@@ -117,7 +117,7 @@ def test_lm_loss_is_the_completion_nll_with_the_prompt_masked(lm_dir, tokenizer)
   model = load(lm_dir, mesh)
   data = choice_batching.tokenize_choices(EXAMPLES, tokenizer, max_length=32)
   (batch,) = batches_of(data, "lm")
-  assert batch["choice_mask"].sum() == 4 and batch["input_ids"].shape[1] == 1  # one slot: the label
+  assert batch["choice_mask"].shape == (4, 1) and batch["choice_mask"].sum() == 4  # one slot: the label
   params = jax.device_get(model.params)  # before the step, which donates them
   state, step = step_of(model, mesh, "lm")
   _, metrics = step(state, sharding.global_batch(batch, mesh))
@@ -130,29 +130,38 @@ def test_lm_loss_is_the_completion_nll_with_the_prompt_masked(lm_dir, tokenizer)
   assert float(metrics["accuracy"]) == 1.0  # the one slot is the label's
 
 
-def test_prompt_positions_get_no_gradient(lm_dir, tokenizer):
+def test_prompt_positions_get_no_gradient_and_candidates_do_not_see_each_other(lm_dir, tokenizer):
   mesh = one_device()
   model = load(lm_dir, mesh)
   data = choice_batching.tokenize_choices(EXAMPLES, tokenizer, max_length=32)
-  (batch,) = batches_of(data, "xent")
-  flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items() if k in
-          ("input_ids", "attention_mask", "positions", "next_ids", "next_mask")}
-  full = model.module.apply({"params": model.params}, flat["input_ids"], flat["attention_mask"])  # [N, T, V]
+  (batch,) = choice_batching.choice_batches(data, 4, shuffle=False, seed=0)
+  assert batch["choice_mask"].shape == (4, 3)  # every candidate of an example packed in its row
+  full = model.module.apply({"params": model.params}, batch["input_ids"], batch["attention_mask"],
+                            batch["positions"])  # [B, T, V]
 
   def total(logits):
-    return jnp.sum(choices.completion_logprobs(logits, flat["next_ids"], flat["next_mask"], flat["positions"]))
+    return sum(jnp.sum(choices.completion_logprobs(logits, batch["next_ids"][:, k], batch["next_mask"][:, k],
+                                                   batch["at"][:, k])) for k in range(3))
 
-  grad = np.abs(np.asarray(jax.grad(total)(full))).sum(-1)  # [N, T]
+  grad = np.abs(np.asarray(jax.grad(total)(full))).sum(-1)  # [B, T]
   scored = np.zeros_like(grad, dtype=bool)
-  for n in range(len(grad)):
-    scored[n, flat["positions"][n][flat["next_mask"][n] > 0]] = True
-  assert np.all(grad[~scored] == 0.0)
+  for b in range(len(grad)):
+    scored[b, batch["at"][b][batch["next_mask"][b] > 0]] = True
+  assert np.all(grad[~scored] == 0.0)  # the prompt's own tokens (but its last) have no loss
   assert np.all(grad[scored] > 0.0)
-  # The step's scorer (LM head only at the completion's positions) agrees with the reference.
-  gathered = choices.choice_logits(model.module, model.params, batch)
-  reference = np.asarray(choices.completion_logprobs(full, flat["next_ids"], flat["next_mask"], flat["positions"]))
-  real = batch["choice_mask"].reshape(-1) > 0
-  np.testing.assert_allclose(np.asarray(gathered).reshape(-1)[real], reference[real], rtol=1e-5, atol=1e-5)
+  # The step's scorer (LM head only at the completion's indices) agrees with the reference ...
+  gathered = np.asarray(choices.choice_logits(model.module, model.params, batch))
+  for k in range(3):
+    reference = np.asarray(choices.completion_logprobs(full, batch["next_ids"][:, k], batch["next_mask"][:, k],
+                                                       batch["at"][:, k]))
+    real = batch["choice_mask"][:, k] > 0
+    np.testing.assert_allclose(gathered[real, k], reference[real], rtol=1e-5, atol=1e-5)
+  # ... and packing is invisible: each candidate scores as it would alone after its prompt.
+  params = jax.device_get(model.params)
+  for row, i in enumerate(batch["index"]):
+    for k, cand in enumerate(data.candidates[i]):
+      np.testing.assert_allclose(gathered[row, k], hand_logprob(model.module, params, data.prompts[i], cand),
+                                 rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["lm", "xent"])
@@ -217,6 +226,43 @@ def test_greedy_continuations_are_the_argmax_tokens(lm_dir, tokenizer):
       x = np.array([ids], np.int32)
       ids.append(int(np.argmax(np.asarray(model.module.apply({"params": params}, x, np.ones_like(x)))[0, -1])))
     np.testing.assert_array_equal(out, ids[len(prompt):])
-  cands = data.candidates[0]
-  assert choices.starts_with_a_candidate(np.concatenate([cands[2], [5, 6]]), cands)  # what follows is not judged
-  assert not choices.starts_with_a_candidate(np.array([1, 5, 6], np.int32), cands)  # [UNK] first: no candidate
+  legal = (" e2e4", " g1f3", " e7e8q")
+  assert choices.starts_with_a_candidate(" e2e4\nBest", legal)  # what follows is not judged
+  assert choices.starts_with_a_candidate("e7e8q", legal) and choices.starts_with_a_candidate(" g1f3g1", legal)
+  assert not choices.starts_with_a_candidate(" e7e8", legal) and not choices.starts_with_a_candidate(" 2022-", legal)
+
+
+def _save_decoder(name: str, directory):
+  """A tiny random decoder of each family whose attention differs: GPT-2 (learned positions), Mistral
+  (a sliding window of 4), Gemma 3 (local windows of 4 and global layers)."""
+  import torch
+  import transformers
+  from tests import test_gemma3, test_llama
+  if name == "gpt2":
+    return tiny_models.save_gpt2(directory, n_embd=16, n_layer=2), 21
+  if name == "mistral":
+    test_llama._save_tiny("mistral", directory)
+    return directory, test_llama.SMALL["vocab_size"]
+  torch.manual_seed(0)
+  model = test_gemma3._perturbed(transformers.Gemma3ForCausalLM(test_gemma3._text_config()))
+  model.save_pretrained(directory)
+  return directory, test_gemma3.SMALL["vocab_size"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "mistral", "gemma3"])
+def test_packed_candidates_score_as_separate_sequences_in_every_decoder(family, tmp_path):
+  directory, vocab = _save_decoder(family, tmp_path)
+  mesh = sharding.make_mesh(data=2, fsdp=4)
+  model = load(directory, mesh)
+  rng = np.random.default_rng(0)
+  ids = lambda n: rng.integers(3, vocab, size=n).astype(np.int32)
+  # Prompts of 3-7 tokens, 2-4 candidates of 1-4 tokens: longer than the windows of 4.
+  prompts = [ids(int(rng.integers(3, 8))) for _ in range(6)]
+  cands = [tuple(ids(int(rng.integers(1, 5))) for _ in range(int(rng.integers(2, 5)))) for _ in range(6)]
+  data = choice_batching.ChoiceSet(prompts, cands, np.zeros(6, np.int32), np.arange(6, dtype=np.int64))
+  logits = choices.predict_logits(model, model.params, data, mesh, batch_size=8)
+  params = jax.device_get(model.params)
+  for i in range(6):
+    for k, cand in enumerate(cands[i]):
+      np.testing.assert_allclose(logits[i, k], hand_logprob(model.module, params, prompts[i], cand),
+                                 rtol=2e-5, atol=2e-5, err_msg=f"{family} example {i} candidate {k}")

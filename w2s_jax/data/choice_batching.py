@@ -1,12 +1,19 @@
 """Tokenization and batching of multiple-choice examples (a prompt and candidate completions).
 
 A `ChoiceExample` (w2s_jax/data/tasks.py) is scored by a language model: candidate k's logit
-is the summed log-probability of its tokens after the prompt. A batch therefore holds, for
-each of B examples, K *slots*, each one candidate appended to the example's prompt:
+is the summed log-probability of its tokens after the prompt. A batch row packs one example:
+its prompt once, then each of its K *slots* (candidates) one after another, and a mask that
+lets a candidate's tokens see the prompt and their own earlier tokens, never another
+candidate's; positions restart after the prompt for every candidate. One pass over
+P + sum_k |c_k| tokens so scores all K candidates, where K separate sequences would cost
+K * P + sum_k |c_k| (a chess position of ~60 tokens with ~35 legal moves of 4 tokens: 200
+tokens instead of 2,200).
 
-  input_ids, attention_mask [B, K, T] int32: prompt + candidate, right padded;
-  positions [B, K, L] int32: the positions whose next-token prediction is a candidate token
-    (prompt length - 1 + j for the candidate's j-th token), 0 beyond the candidate's end;
+  input_ids [B, T] int32, positions [B, T] int32: the packed row, right padded;
+  attention_mask [B, T, T] int32: 1 where query t may attend to key s (causal, within the
+    prompt and its own candidate); a padding position sees the first token only;
+  at [B, K, L] int32: the index whose next-token prediction is the candidate's j-th token
+    (the prompt's last token for j = 0, the candidate's own token j - 1 after);
   next_ids [B, K, L] int32: those candidate tokens;
   next_mask [B, K, L] float32: 1 on real candidate tokens (the only ones with a loss: the
     prompt's tokens never enter it);
@@ -17,11 +24,10 @@ each of B examples, K *slots*, each one candidate appended to the example's prom
 
 Which candidates fill the slots depends on the loss: cross-entropy over the candidates needs
 all of them (`slots="all"`), while the language-modelling loss reads only the candidates a
-target puts mass on (`slots="targets"`): with hard labels that is one slot per example, so
-training on the supervisor's move costs one sequence, not one per legal move.
+target puts mass on (`slots="targets"`): with hard labels that is one slot per example.
 
-K, L and T are fixed per split (T from length boundaries, as for classification), so the step
-compiles a few shapes, not one per batch.
+K and L are fixed per split and T comes from length boundaries, as for classification, so
+the step compiles a few shapes, not one per batch.
 """
 
 import dataclasses
@@ -66,11 +72,11 @@ class ChoiceSet:
     return int(self.num_choices.max())
 
   def lengths(self, slots: Sequence[np.ndarray] | None = None) -> np.ndarray:
-    """[N] int64: each example's longest prompt + candidate (over `slots[i]`, default all)."""
+    """[N] int64: each example's packed length, its prompt + the candidates of `slots[i]` (default all)."""
     out = np.zeros(len(self), np.int64)
     for i, (prompt, cands) in enumerate(zip(self.prompts, self.candidates)):
       ks = range(len(cands)) if slots is None else slots[i]
-      out[i] = len(prompt) + max((len(cands[k]) for k in ks), default=1)
+      out[i] = len(prompt) + sum(len(cands[k]) for k in ks)
     return out
 
 
@@ -85,7 +91,9 @@ def tokenize_choices(examples: Sequence[ChoiceExample], tokenizer, max_length: i
   """Tokenizes prompts (with the tokenizer's special tokens, e.g. a BOS) and candidates (without).
 
   Prompt and candidate are tokenized apart and concatenated, the same way for training and
-  scoring, so a candidate is the same tokens whichever prompt precedes it. An example whose
+  scoring, so a candidate is the same tokens whichever prompt precedes it. `max_length` bounds
+  the prompt with any one candidate (the positions a model sees; a packed row of all the
+  candidates is longer, but each candidate's positions restart after the prompt). An example whose
   prompt + longest candidate exceeds `max_length` keeps the *end* of its prompt (the question
   next to the answer) and loses its start; a candidate longer than `max_length - 1` keeps its
   start. An empty prompt (language modelling of a whole text) lends the text's first token as
@@ -191,9 +199,9 @@ def choice_batches(data: ChoiceSet, batch_size: int, *, targets: np.ndarray | No
     index = np.full(batch_size, -1, np.int32)
     index[:len(members)] = members
     index = index[rows]
-    batch = dict(input_ids=np.full((local, K, T), pad_id, np.int32),
-                 attention_mask=np.zeros((local, K, T), np.int32),
-                 positions=np.zeros((local, K, L), np.int32), next_ids=np.zeros((local, K, L), np.int32),
+    batch = dict(input_ids=np.full((local, T), pad_id, np.int32), positions=np.zeros((local, T), np.int32),
+                 attention_mask=np.zeros((local, T, T), np.int32),
+                 at=np.zeros((local, K, L), np.int32), next_ids=np.zeros((local, K, L), np.int32),
                  next_mask=np.zeros((local, K, L), np.float32), choice_mask=np.zeros((local, K), np.int32),
                  targets=np.zeros((local, K), np.float32), labels=np.full(local, -1, np.int32),
                  weight=np.zeros(local, np.float32), index=index)
@@ -201,32 +209,32 @@ def choice_batches(data: ChoiceSet, batch_size: int, *, targets: np.ndarray | No
       if i < 0:
         continue
       prompt = data.prompts[i]
+      P = len(prompt)
+      segment = [np.zeros(P, np.int32)]
+      batch["input_ids"][row, :P] = prompt
+      batch["positions"][row, :P] = np.arange(P)
+      offset = P
       for slot, k in enumerate(per_example[i]):
         cand = data.candidates[i][k]
-        P, C = len(prompt), len(cand)
-        batch["input_ids"][row, slot, :P] = prompt
-        batch["input_ids"][row, slot, P:P + C] = cand
-        batch["attention_mask"][row, slot, :P + C] = 1
-        # The token at P + j is predicted from position P + j - 1.
-        batch["positions"][row, slot, :C] = np.arange(P - 1, P + C - 1)
+        C = len(cand)
+        batch["input_ids"][row, offset:offset + C] = cand
+        batch["positions"][row, offset:offset + C] = np.arange(P, P + C)
+        segment.append(np.full(C, slot + 1, np.int32))
+        # Token j is predicted from the prompt's last token (j = 0) or from token j - 1 of its own.
+        batch["at"][row, slot, :C] = np.concatenate([[P - 1], np.arange(offset, offset + C - 1)])
         batch["next_ids"][row, slot, :C] = cand
         batch["next_mask"][row, slot, :C] = 1.0
         batch["choice_mask"][row, slot] = 1
         batch["targets"][row, slot] = targets[i, k]
         if k == data.labels[i]:
           batch["labels"][row] = slot
+        offset += C
+      seg = np.concatenate(segment)  # [offset]: 0 for the prompt, slot + 1 for a candidate's tokens
+      n = len(seg)
+      causal = np.tril(np.ones((n, n), bool))
+      same = (seg[None, :] == 0) | (seg[None, :] == seg[:, None])  # the key is prompt, or the query's own
+      batch["attention_mask"][row, :n, :n] = causal & same
       batch["weight"][row] = weights[i]
-    # No sequence attends to nothing (an empty softmax row is NaN, and NaN * 0 is NaN).
+    # No query attends to nothing (an empty softmax row is NaN, and NaN * 0 is NaN).
     batch["attention_mask"][:, :, 0] = 1
     yield batch
-
-
-def pair_set(data: ChoiceSet) -> tuple[ChoiceSet, np.ndarray, np.ndarray]:
-  """Every (example, candidate) pair as an example of its own with one candidate, for scoring:
-  (the pairs, their example index [R], their candidate index [R])."""
-  example = np.repeat(np.arange(len(data)), data.num_choices)
-  candidate = np.concatenate([np.arange(k) for k in data.num_choices])
-  pairs = ChoiceSet(prompts=[data.prompts[i] for i in example],
-                    candidates=[(data.candidates[i][k],) for i, k in zip(example, candidate)],
-                    labels=np.zeros(len(example), np.int32), uids=np.arange(len(example), dtype=np.int64))
-  return pairs, example, candidate

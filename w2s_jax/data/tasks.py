@@ -145,6 +145,9 @@ def load_task(name: str, *, n_train: int | None = None, n_test: int | None = Non
     train, test = files.read_csv(name.removeprefix("csv:"), text_column=csv_text_column,
                                  label_column=csv_label_column)
   elif is_chess_task(name):
+    if balance:
+      raise UserError(f"balance=True undersamples one of two classes; {name} is multiple choice (a puzzle's "
+                      "label is one of its legal moves): set balance=False")
     from w2s_jax.data import chess  # python-chess is imported only for chess tasks
     train, test = chess.chess_task(name, **(chess_options or {}))
   else:

@@ -169,13 +169,16 @@ def RMSNorm(epsilon: float, dtype: jnp.dtype, *, name: str | None = None) -> lay
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array, window: jax.Array,
-              scale: float) -> jax.Array:
+              scale: float, positions: jax.Array) -> jax.Array:
   """Causal grouped-query attention over the `window` most recent keys (the key itself included).
 
   q: [B, T, N, H]; k, v: [B, S, K, H]; attention_mask: [B, S]; returns [B, T, N, H]. `window` is
   a scalar that is traced inside the scan, so the window goes in as a mask, not as
   dot_product_attention's static local_window_size.
   """
+  if attention_mask.ndim == 3:  # a packed sequence (causal already): the window counts positions
+    near = positions[:, :, None] - positions[:, None, :] < window  # [B, T, S]
+    return jax.nn.dot_product_attention(q, k, v, mask=(attention_mask.astype(bool) & near)[:, None], scale=scale)
   T, S = q.shape[1], k.shape[1]
   t, s = jnp.arange(T)[:, None], jnp.arange(S)[None, :]
   allowed = (s <= t) & (t - s < window)  # [T, S]
@@ -198,7 +201,7 @@ class Attention(nn.Module):
     k = RMSNorm(c.rms_eps, dtype, name="k_norm")(k)
     q = layers.apply_rope(q, positions, inv_freq)
     k = layers.apply_rope(k, positions, inv_freq)
-    out = attention(q, k, v, attention_mask, window, c.query_pre_attn_scalar ** -0.5)  # [B, T, N, H]
+    out = attention(q, k, v, attention_mask, window, c.query_pre_attn_scalar ** -0.5, positions)  # [B, T, N, H]
     return Einsum((N, H, D), None, dtype, name="out")("BTNH,NHD->BTD", out)
 
 
@@ -260,9 +263,10 @@ class Gemma3(nn.Module):
     windows = jnp.array([window if s else NO_WINDOW for s in c.sliding], jnp.int32)
     return windows, jnp.stack([local if s else full for s in c.sliding])
 
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               positions: jax.Array | None = None) -> jax.Array:
     c, dtype = self.config, jnp.dtype(self.config.dtype)
-    positions = layers.positions_from_mask(attention_mask)  # [B, T]
+    positions = layers.positions_for(attention_mask, positions)  # [B, T]
     # sqrt(D) rounded to the dtype the embedding is used in, as HF does (55.4256 -> 55.5 in bf16).
     x = self.embed(input_ids).astype(dtype) * jnp.asarray(c.d_model ** 0.5, dtype)  # [B, T, D]
     windows, inv_freqs = self.per_layer()

@@ -97,9 +97,10 @@ class GPT2(nn.Module):
     self.blocks = layers.make_blocks(Block, c, "block")
     self.ln_f = layers.LayerNorm(c.layer_norm_eps, jnp.dtype(c.dtype))
 
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               positions: jax.Array | None = None) -> jax.Array:
     dtype = jnp.dtype(self.config.dtype)
-    positions = layers.positions_from_mask(attention_mask)
+    positions = layers.positions_for(attention_mask, positions)
     x = (self.wte(input_ids) + self.wpe(positions)).astype(dtype)  # [B, T, D]
     x = layers.run_blocks(self.blocks, x, attention_mask)
     return self.ln_f(x)

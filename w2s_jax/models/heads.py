@@ -70,22 +70,33 @@ class LanguageModel(nn.Module):
   """Backbone + its LM head (tied where the checkpoint ties): logits [B, T, V] for generative finetuning."""
   backbone: nn.Module
 
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    return self.backbone.lm_logits(self.backbone(input_ids, attention_mask))
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               positions: jax.Array | None = None) -> jax.Array:
+    return self.backbone.lm_logits(self._hidden(input_ids, attention_mask, positions))
 
-  def token_logprobs(self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array,
-                     next_ids: jax.Array) -> jax.Array:
-    """log p(next_ids[b, l] | input_ids[b, :positions[b, l] + 1]): [B, L] float32.
+  def _hidden(self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array | None) -> jax.Array:
+    # Only decoders take explicit positions (packed rows); an encoder then fails at its LM head, clearly.
+    if positions is None:
+      return self.backbone(input_ids, attention_mask)
+    return self.backbone(input_ids, attention_mask, positions)
+
+  def token_logprobs(self, input_ids: jax.Array, attention_mask: jax.Array, at: jax.Array,
+                     next_ids: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+    """log p(next_ids[b, l] | what index at[b, l] sees): [B, L] float32.
+
+    `attention_mask` is [B, T] (padding) or [B, T, T] (a packed sequence's own mask, with its
+    `positions` [B, T]): candidates packed after one shared prompt are scored in one pass.
 
     The LM head runs only at the L positions asked for, not at all T: scoring a 5-token chess
     move after an 80-token prompt then computes 5 rows of [V] logits instead of 80 (the head
     is the largest matmul of a small model with a 50k-256k vocabulary).
     """
-    log_probs = jax.nn.log_softmax(self.logits_at(input_ids, attention_mask, positions), axis=-1)  # [B, L, V]
+    log_probs = jax.nn.log_softmax(self.logits_at(input_ids, attention_mask, at, positions), axis=-1)  # [B, L, V]
     return jnp.take_along_axis(log_probs, next_ids[..., None], axis=-1)[..., 0]  # [B, L]
 
-  def logits_at(self, input_ids: jax.Array, attention_mask: jax.Array, positions: jax.Array) -> jax.Array:
-    """Next-token logits [B, L, V] float32 at `positions` [B, L] only."""
-    hidden = self.backbone(input_ids, attention_mask)  # [B, T, D]
-    picked = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [B, L, D]
+  def logits_at(self, input_ids: jax.Array, attention_mask: jax.Array, at: jax.Array,
+                positions: jax.Array | None = None) -> jax.Array:
+    """Next-token logits [B, L, V] float32 at the indices `at` [B, L] of the sequence only."""
+    hidden = self._hidden(input_ids, attention_mask, positions)  # [B, T, D]
+    picked = jnp.take_along_axis(hidden, at[..., None], axis=1)  # [B, L, D]
     return self.backbone.lm_logits(picked)

@@ -161,11 +161,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Arra
   """Softmax attention with a key padding mask (and a causal mask for decoders).
 
   q: [B, T, N, H]; k, v: [B, S, K, H] with K dividing N (grouped-query attention);
-  attention_mask: [B, S], 1 for real tokens. Returns [B, T, N, H].
+  attention_mask: [B, S], 1 for real tokens; or [B, T, S], 1 where query t may attend to key s
+  (a packed sequence's own mask, causal already). Returns [B, T, N, H].
   `jax.nn.dot_product_attention` picks the fused cuDNN kernel on GPUs when it can,
   and computes the softmax in float32 either way.
   """
   scale = 1.0 / math.sqrt(q.shape[-1])
+  if attention_mask.ndim == 3:
+    # [B, T, S]: which key each query may see, causality included (candidates packed after a shared
+    # prompt, w2s_jax/data/choice_batching.py); the mask says everything, so no causal flag.
+    return jax.nn.dot_product_attention(q, k, v, mask=attention_mask.astype(bool)[:, None], scale=scale)
   if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
       and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0):
     # The fused cuDNN kernel takes padding as sequence lengths (our batches are right padded);
@@ -208,6 +213,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x.dtype)
+
+
+def positions_for(attention_mask: jax.Array, positions: jax.Array | None) -> jax.Array:
+  """The position ids to use: `positions` [B, T] if given (a packed sequence must give its own, since
+  its candidates restart after the prompt), else counted from the padding mask [B, T]."""
+  if positions is not None:
+    return positions.astype(jnp.int32)
+  if attention_mask.ndim != 2:
+    raise ValueError("a [B, T, S] attention mask needs explicit positions [B, T]")
+  return positions_from_mask(attention_mask)
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

@@ -171,7 +171,7 @@ PRESETS = {
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Array,
-              sliding_window: int | None) -> jax.Array:
+              sliding_window: int | None, positions: jax.Array) -> jax.Array:
   """Causal grouped-query attention, restricted to a sliding window of keys when one is set.
 
   q: [B, T, N, H]; k, v: [B, S, K, H]; returns [B, T, N, H]. HF's window lets a token see
@@ -179,6 +179,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, attention_mask: jax.Arra
   """
   if sliding_window is None:
     return layers.attention(q, k, v, attention_mask, causal=True)
+  if attention_mask.ndim == 3:  # a packed sequence: the window counts positions, not indices
+    near = positions[:, :, None] - positions[:, None, :] < sliding_window  # [B, T, S]
+    return layers.attention(q, k, v, attention_mask.astype(bool) & near, causal=True)
   key_mask = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
   return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=True,
                                       local_window_size=(sliding_window - 1, 0),
@@ -199,7 +202,7 @@ class Attention(nn.Module):
     inv_freq = layers.rope_frequencies(H, c.rope_theta, c.rope_scaling_dict)  # [H/2]
     q = layers.apply_rope(q, positions, inv_freq)
     k = layers.apply_rope(k, positions, inv_freq)
-    out = attention(q, k, v, attention_mask, c.sliding_window)  # [B, T, N, H]
+    out = attention(q, k, v, attention_mask, c.sliding_window, positions)  # [B, T, N, H]
     return Einsum((N, H, D), (D,) if c.out_bias else None, dtype, name="out")("BTNH,NHD->BTD", out)
 
 
@@ -243,10 +246,11 @@ class Llama(nn.Module):
     if not c.tie_embeddings:
       self.lm_head = Einsum((c.d_model, c.vocab_size), None, jnp.float32)
 
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               positions: jax.Array | None = None) -> jax.Array:
     dtype = jnp.dtype(self.config.dtype)
     # With right padding these are 0..len-1 on real tokens, the positions HF uses.
-    positions = layers.positions_from_mask(attention_mask)  # [B, T]
+    positions = layers.positions_for(attention_mask, positions)  # [B, T]
     x = self.embed(input_ids).astype(dtype)  # [B, T, D]
     x = layers.run_blocks(self.blocks, x, attention_mask, positions)
     return self.norm(x)

@@ -127,7 +127,7 @@ def _fit_choices(ctx: Context, stage: Stage, view: StageConfig, request: FitRequ
   (w2s_jax/train/choices.py); `request.targets` [n, C] are over each example's candidates.
 
   Its extra metric, on the test set: `greedy_not_candidate`, how often the model's greedy,
-  unconstrained continuation of the prompt does not start with one of the candidates' tokens
+  unconstrained continuation of the prompt does not start with one of the candidates' text
   (for chess, how often it would play an illegal or malformed move if it were not constrained;
   what follows the move is not judged: a model trained on moves alone runs on past them)."""
   runtime = ctx.config.train
@@ -166,7 +166,7 @@ def _fit_choices(ctx: Context, stage: Stage, view: StageConfig, request: FitRequ
       generated = choices_lib.greedy_continuations(
           loaded, params, tokenized.prompts, ctx.mesh, max_new_tokens=longest + 1, batch_size=cfg.batch_size,
           pad_id=pad_id, desc=f"{request.name}: greedy")
-      hits = [choices_lib.starts_with_a_candidate(g, cands) for g, cands in zip(generated, tokenized.candidates)]
-      first = ctx.tokenizer(model).decode(generated[0].tolist(), skip_special_tokens=True)
-      extra = {"greedy_not_candidate": float(1.0 - np.mean(hits)), "greedy_example": first[:40]}
+      texts = ctx.tokenizer(model).batch_decode([g.tolist() for g in generated], skip_special_tokens=True)
+      hits = [choices_lib.starts_with_a_candidate(t, e.candidates) for t, e in zip(texts, test)]
+      extra = {"greedy_not_candidate": float(1.0 - np.mean(hits)), "greedy_example": texts[0][:40]}
     return logits, select, extra

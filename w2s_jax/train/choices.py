@@ -42,26 +42,25 @@ MASKED_LOGIT = -1e9
 LM_LOSSES = ("lm",)
 
 
-def completion_logprobs(logits: jax.Array, next_ids: jax.Array, next_mask: jax.Array,
-                        positions: jax.Array) -> jax.Array:
-  """Summed log-probability [N] of each row's completion, from full next-token logits [N, T, V].
+def completion_logprobs(logits: jax.Array, next_ids: jax.Array, next_mask: jax.Array, at: jax.Array) -> jax.Array:
+  """Summed log-probability [N] of each row's completion tokens, from full next-token logits [N, T, V].
 
   The reference form of what `choice_logits` computes with the LM head run only at the
-  completion's positions: tokens outside `next_mask` (the prompt's) contribute nothing.
+  completion's indices: tokens outside `next_mask` (the prompt's) contribute nothing.
   """
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [N, T, V]
-  at = jnp.take_along_axis(log_probs, positions[..., None], axis=1)  # [N, L, V]
-  token = jnp.take_along_axis(at, next_ids[..., None], axis=-1)[..., 0]  # [N, L]
+  picked = jnp.take_along_axis(log_probs, at[..., None], axis=1)  # [N, L, V]
+  token = jnp.take_along_axis(picked, next_ids[..., None], axis=-1)[..., 0]  # [N, L]
   return jnp.sum(jnp.where(next_mask > 0, token, 0.0), axis=-1)
 
 
 def choice_logits(module, params: Any, mb: dict[str, jax.Array]) -> jax.Array:
-  """[B, K] summed log-probabilities of each slot's candidate; MASKED_LOGIT for an empty slot."""
-  B, K = mb["choice_mask"].shape
-  flat = lambda x: x.reshape(B * K, *x.shape[2:])
-  token = module.apply({"params": params}, flat(mb["input_ids"]), flat(mb["attention_mask"]),
-                       flat(mb["positions"]), flat(mb["next_ids"]), method="token_logprobs")  # [B*K, L]
-  summed = jnp.sum(jnp.where(flat(mb["next_mask"]) > 0, token, 0.0), axis=-1).reshape(B, K)
+  """[B, K] summed log-probabilities of each slot's candidate, all K from one packed pass per row
+  (w2s_jax/data/choice_batching.py); MASKED_LOGIT for an empty slot."""
+  B, K, L = mb["at"].shape
+  token = module.apply({"params": params}, mb["input_ids"], mb["attention_mask"], mb["at"].reshape(B, K * L),
+                       mb["next_ids"].reshape(B, K * L), mb["positions"], method="token_logprobs")  # [B, K*L]
+  summed = jnp.sum(jnp.where(mb["next_mask"] > 0, token.reshape(B, K, L), 0.0), axis=-1)  # [B, K]
   return jnp.where(mb["choice_mask"] > 0, summed, MASKED_LOGIT)
 
 
@@ -101,7 +100,7 @@ def _score_step(model: LoadedModel, params: Any, mesh: Mesh):
     module = model.module
 
     def score(params, batch):
-      return choice_logits(module, params, batch)[:, 0], batch["index"]
+      return choice_logits(module, params, batch), batch["index"]
 
     step = jax.jit(score, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=sharding.replicated(mesh))
@@ -115,23 +114,21 @@ def predict_logits(model: LoadedModel, params: Any, data: ChoiceSet, mesh: Mesh,
   """Candidate logits [N, num_choices] float32 (default the split's most candidates), in data order;
   MASKED_LOGIT beyond an example's candidates.
 
-  Every (example, candidate) pair is one sequence; pairs are sorted by length into batches of
-  `batch_size` sequences, so scoring costs the sum of the candidates' lengths, not K times
-  the longest.
+  A row packs one example's prompt and all its candidates (one pass scores them all); rows
+  are sorted by packed length into batches, so little of a batch is padding.
   """
-  pairs, example, candidate = choice_batching.pair_set(data)
   step = _score_step(model, params, mesh)
   stream = choice_batching.choice_batches(
-      pairs, batch_size, shuffle=False, seed=0, bucket=True, pad_id=pad_id, length_buckets=length_buckets,
+      data, batch_size, shuffle=False, seed=0, bucket=True, pad_id=pad_id, length_buckets=length_buckets,
       length_multiple=length_multiple, process_index=jax.process_index(), process_count=jax.process_count())
+  keep = ("input_ids", "attention_mask", "positions", "at", "next_ids", "next_mask", "choice_mask", "index")
   results = []
-  for batch in tqdm(stream, total=math.ceil(len(pairs) / batch_size), desc=desc, disable=None, leave=False):
-    keep = ("input_ids", "attention_mask", "positions", "next_ids", "next_mask", "choice_mask", "index")
+  for batch in tqdm(stream, total=math.ceil(len(data) / batch_size), desc=desc, disable=None, leave=False):
     results.append(step(params, sharding.global_batch({k: batch[k] for k in keep}, mesh)))
   out = np.full((len(data), num_choices or data.max_choices), MASKED_LOGIT, np.float32)
   for scores, index in jax.device_get(results):
     real = index >= 0
-    out[example[index[real]], candidate[index[real]]] = scores[real]
+    out[index[real], :scores.shape[1]] = scores[real]
   return out
 
 
@@ -176,6 +173,8 @@ def greedy_continuations(model: LoadedModel, params: Any, prompts: Sequence[np.n
   return out
 
 
-def starts_with_a_candidate(generated: np.ndarray, candidates: Sequence[np.ndarray]) -> bool:
-  """Whether generated token ids begin with one candidate's tokens (e.g. a legal move's)."""
-  return any(len(generated) >= len(c) and np.array_equal(generated[:len(c)], c) for c in candidates)
+def starts_with_a_candidate(text: str, candidates: Sequence[str]) -> bool:
+  """Whether a generated text begins with one of the candidates (e.g. a legal move), leading spaces
+  aside. Text, not token ids: a model may spell " e2e4" in other tokens than the tokenizer's own."""
+  text = text.lstrip()
+  return any(text.startswith(c.lstrip()) for c in candidates)
