@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import tiny_models
+from tests.test_pipeline import override
 from w2s_jax.config_base import finalize
 from w2s_jax.data import chess, tasks
 from w2s_jax.errors import UserError
@@ -56,12 +57,7 @@ def tiny_chess_config(assets, **overrides):
     c.methods = ("hard+lm", "xent")
     c.train.batch_size, c.train.epochs, c.train.log_every = 8, 2.0, 2
     c.wandb.mode = "disabled"
-    for key, value in overrides.items():
-      node = c
-      *parents, last = key.split(".")
-      for p in parents:
-        node = node[p]
-      node[last] = value
+    override(c, overrides)
   return finalize(c)
 
 

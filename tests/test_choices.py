@@ -184,8 +184,9 @@ def test_choice_step_same_on_1_and_8_devices_and_any_accumulation(lm_dir, tokeni
 
   one = curve(one_device(), 1)
   assert one[-1] < one[0]  # it learns
-  np.testing.assert_allclose(curve(sharding.make_mesh(data=2, fsdp=4), 1), one, rtol=2e-4)
-  np.testing.assert_allclose(curve(sharding.make_mesh(data=8, fsdp=1), 4), one, rtol=2e-4)
+  # 8 devices (data 2 x FSDP 4) and 2 microbatches at once: each is pinned apart for classification
+  # (tests/test_steps.py); here the packed batches' [B, T, T] masks and [B, K, L] indices go through both.
+  np.testing.assert_allclose(curve(sharding.make_mesh(data=2, fsdp=4), 2), one, rtol=2e-4)
 
 
 def test_bf16_and_remat_train_the_same_model(lm_dir, tokenizer):

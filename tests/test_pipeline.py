@@ -38,13 +38,18 @@ def tiny_config(assets, **overrides):
   c.train.batch_size, c.train.epochs, c.train.log_every = 16, 3.0, 4
   c.head_init = "normal"
   c.wandb.mode = "disabled"
+  override(c, overrides)
+  return finalize(c)
+
+
+def override(c, overrides: dict) -> None:
+  """Set dotted fields ('train.epochs': 2.0) of an unlocked config."""
   for key, value in overrides.items():
     node = c
     *parents, last = key.split(".")
     for p in parents:
       node = node[p]
     node[last] = value
-  return finalize(c)
 
 
 RUN_FIELDS = {"weak", "strong", "method", "seed", "oracle", "supervisor", "n_fit", "weak_acc", "strong_acc", "w2s_acc", "pgr", "weak_auroc",

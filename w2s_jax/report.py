@@ -182,7 +182,8 @@ def models_markdown(rows: list[dict[str, Any]]) -> str:
   """Each model's fine-tuned accuracy beside its k-shot prompting and, for multiple-choice tasks, how
   often its greedy continuation is not a candidate; model-free baselines (chess) in their own row."""
   shots = sorted({int(k.split("_")[0]) for r in rows for k in r if k.endswith("_shot_acc")})
-  columns = [("finetuned_acc", "fine-tuned acc"), *[(f"{k}_shot_acc", f"{k}-shot acc") for k in shots]]
+  # "trained": fine-tuned, or a linear probe under train.linear_probe; either way on half A's ground truth.
+  columns = [("finetuned_acc", "trained acc"), *[(f"{k}_shot_acc", f"{k}-shot acc") for k in shots]]
   if any("greedy_not_candidate" in r and r["greedy_not_candidate"]["n"] for r in rows):
     columns.append(("greedy_not_candidate", "greedy not a candidate"))
   if any("chance_acc" in r for r in rows):
@@ -531,7 +532,8 @@ def markdown(results: dict[str, Any]) -> str:
   if any(k.endswith("_shot_acc") or k == "chance_acc" or (k == "greedy_not_candidate" and r[k]["n"])
          for r in results.get("model_summary") or [] for k in r):
     lines += ["", "## Models beside their fine-tunes", "",
-              "Each model fine-tuned on half A's ground truth (its weak number, or its ceiling), beside the same "
+              "Each model trained on half A's ground truth (fine-tuned, or a linear probe; its weak number, or its "
+              "ceiling), beside the same "
               "model untrained and prompted k-shot with demonstrations from half A (decoders only); on a "
               "multiple-choice task, how often its greedy, unconstrained continuation is not one of the candidates "
               "(chess: not a legal move); and model-free baselines on the same test set.", "",

@@ -71,8 +71,10 @@ def prompting(ctx: Context, name: str, data: SeedData, shots: int) -> StageResul
     examples = prompted_examples(data, shots, view.under("prompting"), seed)
     loaded = ctx.load(model, task="lm")
     tokenizer = ctx.tokenizer(model)
-    # The demonstrations make prompts long: they may use up to max_length per demonstration more.
-    tokenized = choice_batching.tokenize_choices(examples, tokenizer, view["max_length"] * (shots + 1))
+    # max_length bounds each text; the prompt may hold k + 1 of them, and the instruction's own tokens.
+    instruction = len(tokenizer(view["prompting.instruction"], add_special_tokens=False)["input_ids"])
+    budget = (view["max_length"] + 8) * (shots + 1) + instruction  # + 8 a text: its answer prefix and word
+    tokenized = choice_batching.tokenize_choices(examples, tokenizer, budget)
     logits = choices.predict_logits(loaded, loaded.params, tokenized, ctx.mesh, batch_size=view["train.batch_size"],
                                     pad_id=tokenizer.pad_token_id, num_choices=data.num_classes,
                                     desc=f"prompting {name} {shots}-shot")
