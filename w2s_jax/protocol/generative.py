@@ -15,6 +15,7 @@ stage's directory; the stages that start from it hold its key in theirs. `config
 sets its epochs and learning rate.
 """
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -101,8 +102,8 @@ def generative(ctx: Context, name: str, data: SeedData) -> StageResult:
                     "set train.linear_probe=False or generative_finetune=False")
   cfg = train_config(view, model, "lm", {}, seeds.derive(seed, "batch_order", "generative"))
   lr = view["generative.lr"]
-  cfg = cfg.__class__(**{**cfg.__dict__, "epochs": view["generative.epochs"], "lr": model.lr if lr is None else lr,
-                         "linear_probe": False})
+  cfg = dataclasses.replace(cfg, epochs=view["generative.epochs"], lr=model.lr if lr is None else lr,
+                            linear_probe=False)
   texts = unlabelled_texts(data)
   with ctx.tracker.stage(f"generative:{name}:seed{seed}", stage.spec) as log:
     loaded = ctx.load(model, task="lm")

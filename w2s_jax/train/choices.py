@@ -87,25 +87,15 @@ def train(model: LoadedModel, data: ChoiceSet, mesh: Mesh, cfg: TrainConfig, *,
                       desc=desc, logits_fn=choice_logits)
 
 
-_SCORE_STEPS: dict[tuple, tuple[Any, Any]] = {}
-
-
 def _score_step(model: LoadedModel, params: Any, mesh: Mesh):
-  param_shardings = jax.tree.map(lambda x: x.sharding, params)
-  leaves, treedef = jax.tree.flatten(param_shardings)
-  key = (id(model.module), id(mesh), treedef, tuple(leaves))
-  if key not in _SCORE_STEPS:
-    if len(_SCORE_STEPS) > 32:
-      _SCORE_STEPS.clear()
-    module = model.module
+  module = model.module
 
+  def make(param_shardings):
     def score(params, batch):
       return choice_logits(module, params, batch), batch["index"]
-
-    step = jax.jit(score, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+    return jax.jit(score, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=sharding.replicated(mesh))
-    _SCORE_STEPS[key] = (module, step)  # the module is kept so that its id is not reused
-  return _SCORE_STEPS[key][1]
+  return fit_lib.cached_step(model, params, mesh, "choices", make)
 
 
 def predict_logits(model: LoadedModel, params: Any, data: ChoiceSet, mesh: Mesh, *, batch_size: int = 32,
@@ -140,15 +130,15 @@ def greedy_continuations(model: LoadedModel, params: Any, prompts: Sequence[np.n
   Without a KV cache each new token reruns the whole sequence, padded once to the longest
   prompt + `max_new_tokens` (one compiled shape): fine for the few tokens of a chess move.
   """
-  param_shardings = jax.tree.map(lambda x: x.sharding, params)
   module = model.module
 
-  def next_token(params, ids, mask, position):
-    logits = module.apply({"params": params}, ids, mask, position[:, None], method="logits_at")  # [B, 1, V]
-    return jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
-
-  step = jax.jit(next_token, in_shardings=(param_shardings, *[sharding.batch_sharding(mesh)] * 3),
-                 out_shardings=sharding.replicated(mesh))
+  def make(param_shardings):
+    def next_token(params, ids, mask, position):
+      logits = module.apply({"params": params}, ids, mask, position[:, None], method="logits_at")  # [B, 1, V]
+      return jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+    return jax.jit(next_token, in_shardings=(param_shardings, *[sharding.batch_sharding(mesh)] * 3),
+                   out_shardings=sharding.replicated(mesh))
+  step = fit_lib.cached_step(model, params, mesh, "greedy", make)
   T = max(len(p) for p in prompts) + max_new_tokens
   local = batch_size // jax.process_count()
   rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)  # this process's block

@@ -163,17 +163,25 @@ def _fit(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, n
 _EVAL_STEPS: dict[tuple, tuple[Any, Callable]] = {}
 
 
-def _eval_step(model: LoadedModel, params: Any, mesh: Mesh, features_only: bool) -> Callable:
+def cached_step(model: LoadedModel, params: Any, mesh: Mesh, kind: Any,
+                make: Callable[[Any], Callable]) -> Callable:
+  """The jitted inference step `make(param_shardings)` of this model, mesh, `kind` and param layout,
+  built once and reused (every scoring call of a fit, every validation of checkpoint selection)."""
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   leaves, treedef = jax.tree.flatten(param_shardings)
-  key = (id(model.module), id(mesh), features_only, treedef, tuple(leaves))
+  key = (id(model.module), id(mesh), kind, treedef, tuple(leaves))
   if key not in _EVAL_STEPS:
     if len(_EVAL_STEPS) > 32:  # one sweep touches few models; do not keep old ones alive forever
       _EVAL_STEPS.clear()
     # The module is kept with its step, so that its id cannot be reused while the entry lives.
-    _EVAL_STEPS[key] = (model.module, steps.make_eval_step(model.module, mesh, param_shardings,
-                                                           features_only=features_only))
+    _EVAL_STEPS[key] = (model.module, make(param_shardings))
   return _EVAL_STEPS[key][1]
+
+
+def _eval_step(model: LoadedModel, params: Any, mesh: Mesh, features_only: bool) -> Callable:
+  return cached_step(model, params, mesh, ("features" if features_only else "logits"),
+                     lambda shardings: steps.make_eval_step(model.module, mesh, shardings,
+                                                            features_only=features_only))
 
 
 def _inference(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int,
