@@ -19,10 +19,7 @@ from w2s_jax.protocol import context, generative, sweep
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-  root = tmp_path_factory.mktemp("gen_assets")
-  return {"weak": tiny_models.save_gpt2(root / "weak", n_embd=8, n_layer=1),
-          "strong": tiny_models.save_gpt2(root / "strong", n_embd=32, n_layer=2, seed=1),
-          "task": tiny_models.sentiment_jsonl(root / "task.jsonl", 240)}
+  return tiny_models.gpt2_pair(tmp_path_factory.mktemp("gen_assets"), strong_embd=32, strong_layers=2, n_examples=240)
 
 
 def gft_config(assets, **overrides):

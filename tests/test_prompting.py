@@ -16,10 +16,7 @@ OPTIONS = {"label_words": ("bad", "good"), "instruction": "rate:\n", "answer_pre
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-  root = tmp_path_factory.mktemp("prompt_assets")
-  return {"weak": tiny_models.save_gpt2(root / "weak", n_embd=8, n_layer=1),
-          "strong": tiny_models.save_gpt2(root / "strong", n_embd=32, n_layer=2, seed=1),
-          "task": tiny_models.sentiment_jsonl(root / "task.jsonl", 160)}
+  return tiny_models.gpt2_pair(tmp_path_factory.mktemp("prompt_assets"), strong_embd=32, strong_layers=2, n_examples=160)
 
 
 def test_prompts_hold_k_demonstrations_from_half_a(assets, tmp_path):

@@ -14,10 +14,7 @@ from w2s_jax.protocol.context import Context
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-  root = tmp_path_factory.mktemp("assets")
-  return {"weak": tiny_models.save_gpt2(root / "weak", n_embd=8, n_layer=1),
-          "strong": tiny_models.save_gpt2(root / "strong", n_embd=16, n_layer=1, seed=1),
-          "task": tiny_models.sentiment_jsonl(root / "task.jsonl", 240)}
+  return tiny_models.gpt2_pair(tmp_path_factory.mktemp("assets"), strong_embd=16, strong_layers=1, n_examples=240)
 
 
 def tiny_config(assets, lrs=(1e-4, 3e-3), epochs=(2.0,), n_trains=()):

@@ -55,6 +55,13 @@ def save_gpt2(directory: Path, *, n_embd: int, n_layer: int, seed: int = 0) -> P
   return directory
 
 
+def gpt2_pair(root: Path, *, strong_embd: int, strong_layers: int, n_examples: int) -> dict[str, Path]:
+  """The sweep tests' assets: a weak GPT-2 (8 wide, 1 layer), a stronger one, and a sentiment jsonl task."""
+  return {"weak": save_gpt2(root / "weak", n_embd=8, n_layer=1),
+          "strong": save_gpt2(root / "strong", n_embd=strong_embd, n_layer=strong_layers, seed=1),
+          "task": sentiment_jsonl(root / "task.jsonl", n_examples)}
+
+
 def sentiment_jsonl(path: Path, n: int, seed: int = 0) -> Path:
   """Label 1 iff the sentence ends with a positive word (one sentiment word, last: a model that pools
   the last token can learn it in a few dozen steps)."""
