@@ -75,3 +75,21 @@ def sentiment_jsonl(path: Path, n: int, seed: int = 0) -> Path:
       split = "test" if i < n // 4 else "train"
       f.write(json.dumps({"text": " ".join(words), "label": label, "split": split}) + "\n")
   return path
+
+
+def preference_jsonl(path: Path, n: int, seed: int = 0) -> Path:
+  """Pairs of reviews of one prompt: the chosen response ends with a positive word, the rejected one
+  with a negative word (a reward of the last token can learn it); a quarter is the test split."""
+  rng = np.random.default_rng(seed)
+  fillers = WORDS[6:]
+
+  def response(words):
+    return " " + " ".join([*rng.choice(fillers, size=int(rng.integers(1, 5))), str(rng.choice(words))])
+
+  with open(path, "w") as f:
+    for i in range(n):
+      prompt = " ".join(rng.choice(fillers, size=int(rng.integers(1, 4))))
+      split = "test" if i < n // 4 else "train"
+      f.write(json.dumps({"prompt": prompt, "chosen": response(POSITIVE), "rejected": response(NEGATIVE),
+                          "split": split}) + "\n")
+  return path

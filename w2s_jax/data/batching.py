@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from w2s_jax.data.tasks import Example
+from w2s_jax.data.tasks import Example, PreferenceExample
 from w2s_jax.errors import UserError
 
 TOKENIZE_CHUNK = 1024  # texts per tokenizer call: the fast tokenizer batches in Rust
@@ -34,7 +34,8 @@ class TokenizedSet:
   """A split tokenized for one model.
 
   Attributes:
-    ids: one int32 array per example, already truncated to max_length.
+    ids: one int32 array per example, already truncated to max_length; for preference
+      pairs a tuple of two (prompt + each response), batched as [B, 2, T].
     labels: [N] int32 ground truth.
     uids: [N] int64, the examples' uids (to key weak labels).
     n_truncated: how many examples were longer than max_length and lost their end.
@@ -48,29 +49,65 @@ class TokenizedSet:
     return len(self.ids)
 
   @property
+  def rows_per_example(self) -> int:
+    """1, or 2 for preference pairs: the sequences of one example."""
+    return len(self.ids[0]) if self.ids and isinstance(self.ids[0], tuple) else 1
+
+  @property
   def lengths(self) -> np.ndarray:
-    """[N] int64 token counts."""
+    """[N] int64 token counts (of a pair: its longer sequence, which sets its batch's T)."""
+    if self.rows_per_example > 1:
+      return np.array([max(len(seq) for seq in ids) for ids in self.ids], dtype=np.int64)
     return np.array([len(ids) for ids in self.ids], dtype=np.int64)
 
 
-def tokenize(examples: Sequence[Example], tokenizer, max_length: int) -> TokenizedSet:
-  """Tokenizes examples, truncating long ones to their first `max_length` tokens.
+def tokenize(examples: Sequence[Example | PreferenceExample], tokenizer, max_length: int) -> TokenizedSet:
+  """Tokenizes examples, truncating long ones to `max_length` tokens.
 
   Special tokens are added the way the model expects (the tokenizer's default,
   add_special_tokens=True) and survive truncation. Examples are never dropped: OAI drops
   texts longer than its context, which silently changes the task's distribution;
   truncation keeps them (as EleutherAI does) and `n_truncated` reports how many.
 
+  A binary example keeps its first `max_length` tokens. A preference pair becomes a pair of
+  sequences (`TokenizedSet.ids[i]` is a tuple: prompt + each response), and a long one keeps
+  its *end*: the reward is read at the last token, and the response is what is judged, so
+  the dialogue's start is what goes.
+
   Args:
-    examples: the examples.
+    examples: the examples (all binary, or all preference pairs).
     tokenizer: a transformers tokenizer (PreTrainedTokenizerBase).
-    max_length: the most tokens an example keeps.
+    max_length: the most tokens a sequence keeps.
   """
   if max_length < 2:
     raise UserError(f"max_length must be at least 2, got {max_length}")
   if not examples:
     raise UserError("no examples to tokenize")
-  texts = [example.text for example in examples]
+  pairs = isinstance(examples[0], PreferenceExample)
+  if pairs:
+    texts = [text for example in examples for text in example.texts]  # pair i: rows 2i, 2i + 1
+  else:
+    texts = [example.text for example in examples]
+  ids, too_long = _tokenize_texts(texts, tokenizer, max_length, keep="end" if pairs else "start")
+  empty = [examples[i // (2 if pairs else 1)].uid for i, row in enumerate(ids) if not row]
+  if empty:
+    raise UserError(f"the tokenizer turned {len(empty)} texts into no tokens (uids "
+                    f"{empty[:5]}); check that the tokenizer matches the data")
+  rows = [np.asarray(row, dtype=np.int32) for row in ids]
+  if pairs:
+    rows = [(rows[2 * i], rows[2 * i + 1]) for i in range(len(examples))]
+    n_truncated = len({i // 2 for i in too_long})
+  else:
+    n_truncated = len(too_long)
+  return TokenizedSet(
+      ids=rows,
+      labels=np.array([example.label for example in examples], dtype=np.int32),
+      uids=np.array([example.uid for example in examples], dtype=np.int64),
+      n_truncated=n_truncated)
+
+
+def _tokenize_texts(texts: list[str], tokenizer, max_length: int, *, keep: str) -> tuple[list[list[int]], list[int]]:
+  """Token ids of each text, at most `max_length` keeping its start or end; and which were truncated."""
   ids: list[list[int]] = []
   for start in range(0, len(texts), TOKENIZE_CHUNK):
     # verbose=False: the "longer than the model's maximum" warning is about texts that
@@ -79,10 +116,10 @@ def tokenize(examples: Sequence[Example], tokenizer, max_length: int) -> Tokeniz
   too_long = [i for i, row in enumerate(ids) if len(row) > max_length]
   if too_long:
     # Tokenize only the long ones again, with the tokenizer's own truncation, so special
-    # tokens at the end (BERT's [SEP]) are kept. Truncation must keep the start: some
-    # tokenizers default to truncating on the left.
+    # tokens (BERT's [CLS] and [SEP], a BOS) are kept. The side is set explicitly: tokenizers
+    # differ in their default.
     side = tokenizer.truncation_side
-    tokenizer.truncation_side = "right"
+    tokenizer.truncation_side = "right" if keep == "start" else "left"
     try:
       truncated = tokenizer([texts[i] for i in too_long], truncation=True,
                             max_length=max_length, verbose=False)["input_ids"]
@@ -90,15 +127,7 @@ def tokenize(examples: Sequence[Example], tokenizer, max_length: int) -> Tokeniz
       tokenizer.truncation_side = side
     for i, row in zip(too_long, truncated):
       ids[i] = row
-  empty = [examples[i].uid for i, row in enumerate(ids) if not row]
-  if empty:
-    raise UserError(f"the tokenizer turned {len(empty)} texts into no tokens (uids "
-                    f"{empty[:5]}); check that the tokenizer matches the data")
-  return TokenizedSet(
-      ids=[np.asarray(row, dtype=np.int32) for row in ids],
-      labels=np.array([example.label for example in examples], dtype=np.int32),
-      uids=np.array([example.uid for example in examples], dtype=np.int64),
-      n_truncated=len(too_long))
+  return ids, too_long
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = False) -> int:
@@ -248,8 +277,9 @@ def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None =
   """Yields one epoch of numpy batches of a fixed global size (this process's rows).
 
   Each batch is a dict:
-    input_ids [B, T] int32: right padded with pad_id.
-    attention_mask [B, T] int32: 1 = real token.
+    input_ids [B, T] int32: right padded with pad_id ([B, 2, T] for preference pairs: both
+      sequences of a pair in one row, so a pair is never split over devices).
+    attention_mask [B, T] int32 ([B, 2, T] for pairs): 1 = real token.
     labels [B] int32: ground truth.
     targets [B, 2] float32: soft targets, the `targets` rows if given, else one-hot
       labels.
@@ -296,6 +326,7 @@ def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None =
       raise UserError("targets contain NaN or inf; check the weak labels")
   weights = example_weights(weights, n)
   lengths = data.lengths
+  per_example = data.rows_per_example
   if boundaries is None:
     boundaries = split_boundaries(lengths, batch_size, length_buckets, length_multiple)
   local = batch_size // process_count
@@ -308,12 +339,15 @@ def batches(data: TokenizedSet, batch_size: int, *, targets: np.ndarray | None =
     index[:len(members)] = members
     index = index[rows]
     real = index >= 0
-    input_ids = np.full((local, seq_len), pad_id, dtype=np.int32)
-    attention_mask = np.zeros((local, seq_len), dtype=np.int32)
+    input_ids = np.full((local, per_example, seq_len), pad_id, dtype=np.int32)
+    attention_mask = np.zeros((local, per_example, seq_len), dtype=np.int32)
     for row, i in enumerate(index[real]):
-      input_ids[row, :lengths[i]] = data.ids[i]
-      attention_mask[row, :lengths[i]] = 1
-    attention_mask[~real, 0] = 1  # see the docstring: no row attends to nothing
+      for r, seq in enumerate(data.ids[i] if per_example > 1 else (data.ids[i],)):
+        input_ids[row, r, :len(seq)] = seq
+        attention_mask[row, r, :len(seq)] = 1
+    attention_mask[~real, :, 0] = 1  # see the docstring: no row attends to nothing
+    if per_example == 1:
+      input_ids, attention_mask = input_ids[:, 0], attention_mask[:, 0]
     labels = np.zeros(local, dtype=np.int32)
     labels[real] = data.labels[index[real]]
     batch_targets = np.zeros((local, 2), dtype=np.float32)

@@ -5,6 +5,14 @@ a number or the string "0" / "1"; true/false are refused because a boolean colum
 more often a mistake than a label), and optionally `split` ("train" or "test"). Blank
 lines are skipped.
 
+A JSON-lines file may instead hold preference pairs, for a reward model: each line has
+`chosen` and `rejected` (non-empty strings, not the same text), optionally `prompt` (a
+string, "" when absent) and `split`, and no `label`. The model reads prompt + response, so
+a response carries its own separator (" yes", "\nAnswer: ..."). The first record decides
+the kind of the file; a line of the other kind is an error. Each line becomes a
+`PreferenceExample` whose chosen response lies in a slot drawn by a coin seeded by
+(`PAIR_ORDER_SEED`, uid): the same in every run, whatever the run's seed.
+
 CSV: a header row, then one row per example; the text and label columns are named by
 `text_column` / `label_column`; a column named `split` is used the same way.
 
@@ -15,31 +23,36 @@ test set, as with the public datasets' fixed test splits.
 
 Every problem ends with one line that names the file and the line number: a label that
 is not 0/1, an empty text, a line that is not JSON, a missing field, a file that is not
-UTF-8.
+UTF-8; for pairs also an empty response, identical responses, a `label` field.
 
 An example's uid is the index of its record in the file (blank lines not counted), so it
 does not change when the test split or the selection does.
 """
-
 import csv
+import functools
 import io
 import json
 import pathlib
+import random
 
 import numpy as np
 
-from w2s_jax.data.tasks import Example
+from w2s_jax.data import preference
+from w2s_jax.data.tasks import Example, PreferenceExample
 from w2s_jax.errors import UserError
 
 TEST_FRACTION = 0.2
 TEST_SPLIT_SEED = 0
+PAIR_ORDER_SEED = 0  # fixed, not the run's seed: a pair's slot order is a property of the file
 SPLITS = ("train", "test")
 
 
-def read_jsonl(path: str) -> tuple[list[Example], list[Example]]:
-  """Reads a JSON-lines file into (train, test) examples."""
+def read_jsonl(path: str) -> tuple[list, list]:
+  """Reads a JSON-lines file into (train, test): `Example`s, or `PreferenceExample`s when
+  the first record has "chosen" / "rejected"."""
   content = _read_text(path)
   records = []
+  first_kind = None  # (is a preference row, its line number), set by the first record
   for line_number, line in enumerate(content.split("\n"), start=1):
     if not line.strip():
       continue
@@ -52,6 +65,20 @@ def read_jsonl(path: str) -> tuple[list[Example], list[Example]]:
     if not isinstance(record, dict):
       raise UserError(f"{where}: expected a JSON object with fields \"text\" and \"label\", "
                       f"got a {type(record).__name__}")
+    is_pair = preference.is_preference_row(record)
+    if first_kind is None:
+      first_kind = (is_pair, line_number)
+    elif is_pair != first_kind[0]:
+      kinds = ("a binary row (no \"chosen\" / \"rejected\")",
+               "a preference row (\"chosen\" / \"rejected\")")
+      raise UserError(f"{where}: {kinds[is_pair]}, while line {first_kind[1]} is "
+                      f"{kinds[first_kind[0]]}; a file holds one kind, split it in two")
+    if is_pair:
+      split = record.get("split")
+      _check_split(split, where)
+      prompt, chosen, rejected = preference.checked_row(record, where)
+      records.append((functools.partial(_pair, prompt, chosen, rejected), split, line_number))
+      continue
     for field in ("text", "label"):
       if field not in record:
         raise UserError(f"{where}: missing field {field!r}; every line needs \"text\" and "
@@ -114,28 +141,40 @@ def _read_text(path: str) -> str:
 
 
 def _checked(text, label, split, where: str, line_number: int) -> tuple:
-  """Validates one record's fields; returns (text, label, split, line_number)."""
+  """Validates one binary record's fields; returns (build, split, line_number), where
+  build(uid) makes its Example."""
   if not isinstance(text, str) or not text.strip():
     raise UserError(f"{where}: \"text\" must be a non-empty string, got {text!r}")
   # Exact types: bool is a subclass of int, and 1.0 == 1, yet neither is a 0/1 label.
   if not ((type(label) is int and label in (0, 1)) or label in ("0", "1")):
     raise UserError(f"{where}: label must be 0 or 1, got {label!r}; tasks are binary")
+  _check_split(split, where)
+  return functools.partial(Example, text, int(label)), split, line_number
+
+
+def _check_split(split, where: str) -> None:
   if split is not None and split not in SPLITS:
     raise UserError(f"{where}: split must be \"train\" or \"test\", got {split!r}")
-  return text, int(label), split, line_number
 
 
-def _train_test(records: list[tuple], path: str) -> tuple[list[Example], list[Example]]:
-  """Assigns the records to train and test (their own split, or a seeded test split)."""
+def _pair(prompt: str, chosen: str, rejected: str, uid: int) -> PreferenceExample:
+  # A string seed is hashed with SHA-512, so the order is the same in every process.
+  rng = random.Random(f"jsonl-pair/{PAIR_ORDER_SEED}/{uid}")
+  return preference.make_pair(prompt, chosen, rejected, uid, rng)
+
+
+def _train_test(records: list[tuple], path: str) -> tuple[list, list]:
+  """Assigns the records, (build, split, line_number), to train and test (their own split,
+  or a seeded test split); build(uid) makes a record's example."""
   if not records:
     raise UserError(f"{path}: no examples in the file")
-  with_split = [r for r in records if r[2] is not None]
+  with_split = [r for r in records if r[1] is not None]
   if with_split and len(with_split) < len(records):
-    without = next(r for r in records if r[2] is None)
-    raise UserError(f"{path}, line {without[3]}: no split, while line {with_split[0][3]} "
+    without = next(r for r in records if r[1] is None)
+    raise UserError(f"{path}, line {without[2]}: no split, while line {with_split[0][2]} "
                     "has one; give every record a split or none")
   if with_split:
-    in_test = np.array([r[2] == "test" for r in records])
+    in_test = np.array([r[1] == "test" for r in records])
     for split, members in (("train", ~in_test), ("test", in_test)):
       if not members.any():
         raise UserError(f"{path}: no record has split \"{split}\"; add some, or drop the "
@@ -148,6 +187,6 @@ def _train_test(records: list[tuple], path: str) -> tuple[list[Example], list[Ex
     in_test = np.zeros(len(records), dtype=bool)
     in_test[order[:n_test]] = True
   train, test = [], []
-  for uid, ((text, label, _, _), is_test) in enumerate(zip(records, in_test)):
-    (test if is_test else train).append(Example(text=text, label=label, uid=uid))
+  for uid, ((build, _, _), is_test) in enumerate(zip(records, in_test)):
+    (test if is_test else train).append(build(uid))
   return train, test

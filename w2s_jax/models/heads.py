@@ -1,8 +1,8 @@
-"""What sits on a backbone: the classification head (with its pooling) and the LM head.
+"""What sits on a backbone: the classification head (with its pooling), the scalar reward head
+and the LM head.
 
-Both wrap the backbone under the name `backbone`, so one checkpoint loader fills
-`params["backbone"]` for either, and the classifier's own weights live in
-`params["head"]`.
+All wrap the backbone under the name `backbone`, so one checkpoint loader fills
+`params["backbone"]` for any of them, and a head's own weights live in `params["head"]`.
 """
 
 import flax.linen as nn
@@ -61,6 +61,46 @@ class Classifier(nn.Module):
   def classify(self, features: jax.Array) -> jax.Array:
     """Logits [B, num_labels] (float32) from pooled features."""
     return self.head(features)
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    return self.classify(self.features(input_ids, attention_mask))
+
+
+class RewardModel(nn.Module):
+  """Backbone + a scalar reward per sequence, for preference pairs (the paper's reward models).
+
+  The reward is a linear function (no bias: only reward differences mean anything) of the
+  pooled hidden state, for a decoder its last real token's, zero-initialised so training
+  starts from indifference. A batch row holds a pair: input_ids [B, 2, T] run as 2B sequences
+  of one backbone batch, and the row's two rewards are its class logits [B, 2]:
+
+    softmax(r_0, r_1)_1 = sigma(r_1 - r_0),
+
+  the Bradley-Terry probability that response 1 is preferred. Cross-entropy against a soft
+  target t = P(response 1 is better) is then the soft Bradley-Terry loss
+  -t log sigma(r_1 - r_0) - (1 - t) log sigma(r_0 - r_1), and every binary loss, metric
+  and method reads a pair as a two-class example.
+  """
+  backbone: nn.Module
+  pooling: str = "last"
+  head_init: str = "zeros"
+
+  def setup(self):
+    init = nn.initializers.zeros if self.head_init == "zeros" else nn.initializers.normal(0.01)
+    self.head = nn.Dense(1, use_bias=False, kernel_init=init, dtype=jnp.float32, param_dtype=jnp.float32)
+
+  def features(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """input_ids, attention_mask [B, R, T] -> pooled features [B, R, D] float32 (R = 2 for a pair)."""
+    b, r, t = input_ids.shape
+    # The R sequences of a row are rows of one backbone batch: [B, R, T] -> [B*R, T] keeps a
+    # pair's two sequences next to each other, on the device that holds the row.
+    flat_mask = attention_mask.reshape(b * r, t)
+    pooled = pool(self.backbone(input_ids.reshape(b * r, t), flat_mask), flat_mask, self.pooling)  # [B*R, D]
+    return pooled.reshape(b, r, -1)
+
+  def classify(self, features: jax.Array) -> jax.Array:
+    """Rewards [..., R] (float32) from pooled features [..., R, D]."""
+    return self.head(features)[..., 0]
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     return self.classify(self.features(input_ids, attention_mask))

@@ -7,13 +7,14 @@ head on these features.
 
 import numpy as np
 
-from w2s_jax.data import batching
+from w2s_jax.data import batching, tasks
 from w2s_jax.protocol.context import Context, ModelSpec, SeedData, check_join
 from w2s_jax.train import fit
 
 
 def features(ctx: Context, model: ModelSpec, data: SeedData) -> dict[str, np.ndarray]:
-  """{'train_features', 'train_uids', 'train_lengths', 'test_…'}: pooled features [N, D] float32."""
+  """{'train_features', 'train_uids', 'train_lengths', 'test_…'}: pooled features [N, D] float32
+  ([N, 2, D] for preference pairs: each pair's two sequences)."""
   task = data.task
   stage, view = ctx.stage("features", model=model.name, subsample_seed=ctx.subsample_seed(data.seed))
   if stage.key in ctx.features_cache:
@@ -22,7 +23,7 @@ def features(ctx: Context, model: ModelSpec, data: SeedData) -> dict[str, np.nda
   if cached is not None:
     arrays = cached[1]
   else:
-    loaded = ctx.load(model)
+    loaded = ctx.load(model, task=tasks.head_kind(task.train))
     pad_id = ctx.tokenizer(model).pad_token_id
     # One pass over train and test together: one jitted function, one compile per length bucket.
     tokenized = batching.tokenize([*task.train, *task.test], ctx.tokenizer(model), view["max_length"])

@@ -82,6 +82,7 @@ def fit(ctx: Context, stage: Stage, view: StageConfig, data: SeedData,
   return _fine_tune(ctx, stage, view, request, selector, choice=False)
 
 
+
 def _fit_probe(ctx: Context, stage: Stage, view: StageConfig, data: SeedData, request: FitRequest,
                selector) -> tuple[dict[str, np.ndarray], hooks_lib.BestCheckpoint | None, dict[str, float]]:
   """A linear probe: the head alone, trained on the model's cached pooled features."""
@@ -99,7 +100,8 @@ def _fit_probe(ctx: Context, stage: Stage, view: StageConfig, data: SeedData, re
       return feats[f"{split}_{what}"][[lookup[(split, e.uid)] for e in examples]]
 
     head = checkpoints.head_only(model.checkpoint, ctx.mesh, pooling=model.pooling, seed=request.head_seed,
-                                 head_init=view["head_init"], d_model=feats["train_features"].shape[-1])
+                                 head_init=view["head_init"], d_model=feats["train_features"].shape[-1],
+                                 task=tasks.head_kind(request.examples))
     # The validation rows are gathered once, not at every evaluation.
     val_features = rows(v.examples, "train") if v is not None else None
     select = selector(lambda params: fit_lib.logits_from_features(head, params, val_features))
@@ -113,7 +115,8 @@ def _fit_probe(ctx: Context, stage: Stage, view: StageConfig, data: SeedData, re
 
 def _fine_tune(ctx: Context, stage: Stage, view: StageConfig, request: FitRequest, selector, *,
                choice: bool) -> tuple[dict[str, np.ndarray], hooks_lib.BestCheckpoint | None, dict[str, float]]:
-  """Fine-tune backbone and head on tokenized examples: a Classifier, or for a multiple-choice task a
+  """Fine-tune backbone and head on tokenized examples: a Classifier, a RewardModel for preference pairs
+  (its [n, 2] logits are the pair's two rewards: `models.heads.RewardModel`), or for a multiple-choice task a
   LanguageModel whose logits are its candidates' log-likelihoods (w2s_jax/train/choices.py), with
   `request.targets` [n, C] over each example's candidates.
 
@@ -130,7 +133,7 @@ def _fine_tune(ctx: Context, stage: Stage, view: StageConfig, request: FitReques
     if choice:
       loaded = ctx.load(model, task="lm")
     else:
-      loaded = ctx.load(model, seed=request.head_seed, head_init=view["head_init"])
+      loaded = ctx.load(model, seed=request.head_seed, head_init=view["head_init"], task=tasks.head_kind(request.examples))
     if request.backbone is not None:
       loaded = generative_lib.with_backbone(loaded, request.backbone)
     tokenizer = ctx.tokenizer(model)

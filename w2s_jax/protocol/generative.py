@@ -5,7 +5,9 @@ The paper finds that this raises PGR: the strong model first learns the task's t
 distribution, which its weak labels cannot corrupt, and then needs less from them. The text
 is the inputs of half B and of the test set, never their labels (nor half A's: half A is
 labelled data, for the supervisors and the ceiling). For a classification task each input
-is one text, modelled whole; for a multiple-choice task (chess) it is the prompt (the
+is one text, modelled whole; for a preference pair, its prompt followed by each of its two
+responses (two texts: the reward-model setting's generative finetuning, on the comparisons'
+text without their preferences); for a multiple-choice task (chess) it is the prompt (the
 position), without any candidate.
 
 A model opts in with `config.models.NAME.generative_finetune=True`; listing one checkpoint
@@ -36,8 +38,10 @@ BACKBONE_FILE = "backbone.safetensors"
 
 
 def unlabelled_texts(data: SeedData) -> list[tasks.ChoiceExample]:
-  """Half B's and the test set's inputs as texts to model whole (no prompt, no label)."""
-  inputs = [e.text for e in (*data.half_b, *data.task.test)]
+  """Half B's and the test set's inputs as texts to model whole (no prompt, no label); a preference
+  pair gives two, its prompt followed by each response (which one was chosen is not said)."""
+  inputs = [text for e in (*data.half_b, *data.task.test)
+            for text in (e.texts if isinstance(e, tasks.PreferenceExample) else (e.text,))]
   return [tasks.ChoiceExample("", (text,), 0, uid=i) for i, text in enumerate(inputs)]
 
 

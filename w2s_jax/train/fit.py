@@ -199,7 +199,7 @@ def _inference(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, 
     results.append(eval_step(params, sharding.global_batch(batch, mesh)))
   for values, index in jax.device_get(results):  # fetched once every batch is dispatched
     if out is None:
-      out = np.zeros((len(data.labels), values.shape[-1]), np.float32)
+      out = np.zeros((len(data.labels), *values.shape[1:]), np.float32)  # [N, C], [N, D] or a pair's [N, 2, D]
     real = index >= 0
     out[index[real]] = values[real]
   return out
