@@ -3,6 +3,10 @@ ground truth, the strong one on the weak model's preferences (xent = soft Bradle
 and without generative finetuning, and linear probes on cached pair features."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ from tests.test_pipeline import tiny_config
 from w2s_jax.config_base import model
 from w2s_jax.errors import UserError
 from w2s_jax.protocol import context, sweep
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +29,7 @@ def assets(tmp_path_factory):
 
 
 def reward_config(assets, **overrides):
+  """The sweep tests' tiny config on the pair task: GPT-2s of 8 and 32 wide."""
   return tiny_config(assets, **{"train.epochs": 2.0, "max_length": 16, **overrides})
 
 
@@ -48,11 +55,15 @@ def test_reward_models_weak_to_strong_with_and_without_generative_finetuning(ass
 
 
 def test_reward_probes_on_cached_pair_features(assets, tmp_path):
-  c = reward_config(assets, **{"train.linear_probe": True, "train.epochs": 20.0, "methods": ("xent",)})
+  # Other kinds of method on pairs: hard weak labels with early stopping, and a filter on the weak
+  # model's confidence in its preference.
+  c = reward_config(assets, **{"train.linear_probe": True, "train.epochs": 20.0,
+                               "methods": ("xent", "hard+weak_auroc", "drop_least_confident")})
   with c.unlocked():
     c.models.weak.lr = c.models.strong.lr = 1e-2
   results = sweep.run(c, tmp_path)
-  (run,) = results["runs"]
+  assert {r["method"] for r in results["runs"]} == {"xent", "hard+weak_auroc", "drop_least_confident"}
+  run = next(r for r in results["runs"] if r["method"] == "xent")
   shapes = {np.load(d / "arrays.npz")["train_features"].shape[1:] for d in tmp_path.glob("stages/features-*")}
   assert shapes == {(2, 8), (2, 32)}  # each pair's two sequences, pooled: [N, 2, D] per model
   assert run["strong_acc"] > 0.7 and run["w2s_auroc"] is not None
@@ -68,3 +79,17 @@ def test_preference_pairs_are_not_split_by_their_slot_order(assets, tmp_path):
   data = context.Context(reward_config(assets), tmp_path).load_data(0)
   labels = [e.label for e in (*data.half_a, *data.half_b, *data.task.test)]
   assert 0.3 < np.mean(labels) < 0.7  # the chosen response sits in either slot
+
+
+@pytest.mark.slow
+def test_reward_runlocal_on_the_offline_models(tmp_path):
+  env = {**os.environ, "WANDB_MODE": "disabled"}
+  done = subprocess.run([sys.executable, "launch/main.py", "--config=configs/reward.py:runlocal",
+                         f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+  assert done.returncode == 0, done.stderr[-3000:]
+  (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+  assert (run["weak"], run["strong"], run["method"]) == ("minilm_l3", "smollm2_gft", "logconf")
+  assert 0.0 <= run["w2s_acc"] <= 1.0 and run["w2s_auroc"] is not None and run["n_test"] == 16
+  (gen_dir,) = tmp_path.glob("stages/generative-*")
+  gen = json.loads((gen_dir / "result.json").read_text())
+  assert gen["nll_per_token_after"] < gen["nll_per_token_before"]
