@@ -4,14 +4,13 @@ configs/chess.py:runlocal on the real offline decoders."""
 
 import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests import tiny_models
+from tests.test_finetune import main as run_main
 from tests.test_pipeline import override
 from w2s_jax.config_base import finalize
 from w2s_jax.data import chess, tasks
@@ -100,10 +99,7 @@ def test_balance_is_refused_for_puzzles(assets):
 
 @pytest.mark.slow
 def test_chess_runlocal_on_the_offline_decoders(tmp_path):
-  env = {**os.environ, "WANDB_MODE": "disabled"}
-  done = subprocess.run([sys.executable, "launch/main.py", "--config=configs/chess.py:runlocal",
-                         f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-  assert done.returncode == 0, done.stderr[-3000:]
+  run_main("--config=configs/chess.py:runlocal", f"--workdir={tmp_path}")
   results = json.loads((tmp_path / "results.json").read_text())
   (run,) = results["runs"]
   assert (run["weak"], run["strong"], run["method"]) == ("smollm2_135m", "gemma3_270m", "hard+lm")

@@ -3,21 +3,16 @@ ground truth, the strong one on the weak model's preferences (xent = soft Bradle
 and without generative finetuning, and linear probes on cached pair features."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests import tiny_models
+from tests.test_finetune import main as run_main
 from tests.test_pipeline import tiny_config
 from w2s_jax.config_base import model
 from w2s_jax.errors import UserError
 from w2s_jax.protocol import context, sweep
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +78,7 @@ def test_preference_pairs_are_not_split_by_their_slot_order(assets, tmp_path):
 
 @pytest.mark.slow
 def test_reward_runlocal_on_the_offline_models(tmp_path):
-  env = {**os.environ, "WANDB_MODE": "disabled"}
-  done = subprocess.run([sys.executable, "launch/main.py", "--config=configs/reward.py:runlocal",
-                         f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-  assert done.returncode == 0, done.stderr[-3000:]
+  run_main("--config=configs/reward.py:runlocal", f"--workdir={tmp_path}")
   (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
   assert (run["weak"], run["strong"], run["method"]) == ("minilm_l3", "smollm2_gft", "logconf")
   assert 0.0 <= run["w2s_acc"] <= 1.0 and run["w2s_auroc"] is not None and run["n_test"] == 16
