@@ -39,11 +39,16 @@ def _demo_text(example, options: dict) -> str:
   return f"{example.text}{options['answer_prefix']} {options['label_words'][example.label]}\n\n"
 
 
-def prompted_examples(data: SeedData, shots: int, options: dict, seed: int) -> list[tasks.ChoiceExample]:
-  """The test set as multiple-choice prompts with `shots` demonstrations from half A (one draw per seed)."""
+def check_task(data: SeedData) -> None:
+  """Refuses a task that cannot be prompted for (the sweep calls it before any stage trains)."""
   if tasks.is_preference(data.task.test):
     raise UserError(f"{data.task.name} is a preference task (pairs of responses for a reward model), which has no "
                     "label words to prompt for: set prompting.shots=()")
+
+
+def prompted_examples(data: SeedData, shots: int, options: dict, seed: int) -> list[tasks.ChoiceExample]:
+  """The test set as multiple-choice prompts with `shots` demonstrations from half A (one draw per seed)."""
+  check_task(data)
   if shots > len(data.half_a):
     raise UserError(f"prompting.shots={shots} is more than half A's {len(data.half_a)} examples")
   words = tuple(options["label_words"])

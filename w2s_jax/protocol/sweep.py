@@ -146,6 +146,8 @@ def model_rows(ctx: Context, p: Plan, data: SeedData, gt: dict[str, Any]) -> lis
 def run_seed(ctx: Context, p: Plan, data: SeedData) -> tuple[list[dict], list[dict], list[dict]]:
   """The runs, chain rows and model rows of one seed."""
   min_gap_examples = ctx.config.report.min_gap_examples
+  if ctx.config.prompting.shots:
+    prompting_lib.check_task(data)  # before anything trains, not after
   gt = {name: ground_truth(ctx, name, data) for name in p.ground_truth_models}
   runs, chains = [], []
   for weak, strong in p.pairs:
