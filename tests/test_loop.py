@@ -2,6 +2,7 @@
 
 import ast
 import re
+import signal
 from pathlib import Path
 
 import jax
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import tiny_models
-from w2s_jax import sharding
+from w2s_jax import preemption, sharding
 from w2s_jax.data import batching, tasks
 from w2s_jax.errors import UserError
 from w2s_jax.models import checkpoints
@@ -78,6 +79,9 @@ class Recorder(hooks.Hook):
   def on_end(self, step, state):
     self.calls.append((self.name, "end", step))
 
+  def on_stop(self, step, state):
+    self.calls.append((self.name, "stop", step))
+
   def final_params(self, params):
     self.calls.append((self.name, "final"))
     return params if self.final is None else self.final(params)
@@ -114,6 +118,21 @@ def test_a_run_with_no_step_left_still_ends_and_returns_the_restored_params():
   params = loop.run(add_batch, counting_state(), epoch_batches, 5, one_device(),
                     hooks=(Recorder("r", calls, resume_at=5),))
   assert [c[1] for c in calls] == ["start", "end", "final"] and float(params["w"]) == 100.0
+
+
+def test_a_signal_stop_fetches_the_metrics_then_calls_on_stop_instead_of_on_end():
+  class SignalAfterStep2(hooks.Hook):
+    def after_step(self, step, state, metrics, last):
+      if step == 2:
+        signal.raise_signal(signal.SIGTERM)
+  calls = []
+  with preemption.installed():
+    with pytest.raises(preemption.Stopped, match=r"^stopped by SIGTERM at step 3 of 'train': every finished stage "
+                       r"is kept \(nothing of this one was saved\)"):
+      loop.run(add_batch, counting_state(), epoch_batches, 5, one_device(),
+               hooks=(SignalAfterStep2(), Recorder("r", calls)))
+  # The step under way when the signal came (3) ends the run; its metrics and those before it are fetched.
+  assert calls[-2:] == [("r", "after", 3, [0.0, 1.0, 2.0], False), ("r", "stop", 3)]
 
 
 def test_metric_log_means_every_n_steps_and_at_the_last():

@@ -8,6 +8,13 @@
     hook.on_end(step, state)                       # after the last step (also when a rerun had none left)
     params = hook.final_params(params)             # what the loop returns (starts as the last params)
 
+or, when a signal stops the run after step `step` (`w2s_jax.preemption`), after that step's `after_step`:
+
+    kept = hook.on_stop(step, state) -> str | None # save what a rerun needs; say what (for the message)
+
+and then the loop raises `preemption.Stopped` (no `on_end`, no `final_params`). Before a stop the
+loop fetches the metrics, so the NaN stop checks them first.
+
 Metrics stay on the device until some hook needs them: only then does the loop fetch the queued
 metrics of every step since the previous fetch, and `after_step` receives them as `metrics` (a list of
 dicts of numpy scalars, the last one step `step`'s); at every other step `metrics` is []. So the
@@ -16,19 +23,32 @@ loop waits on the device only where a hook asks it to.
 `StopOnNaN` is always the first hook (the loop adds it): it checks every fetched loss, and a hook
 that saves asks for the metrics at its save steps, so no NaN state is ever saved.
 
+Checkpoints (`Checkpointing`) survive a kill at any moment: orbax writes each save into a temporary
+directory (`<step>.orbax-checkpoint-tmp`) and renames it when complete, and deletes the previous save
+only after that, so a rerun finds the last complete one (temporary directories a kill left are
+removed when the next run opens the directory). A save that fails for want of space is a one-line
+UserError, and the previous save stays the one a rerun resumes from.
+
 Checkpoint selection (`BestCheckpoint`): every `every` steps and at the last one it scores the
 parameters (`score_fn(params) -> float`, higher is better) and keeps a copy of the best; its
 `final_params` returns them instead of the last ones. EleutherAI/w2s's default selection is of this
 kind: AUROC against a validation split labelled by the *weak* supervisor (legitimate: it uses no
 ground truth); scored against ground truth instead, it is an oracle, for analysis only.
-Preemption-safe: with a `directory`, the best parameters and the history of scores are saved there
-whenever the best improves, and a resumed run reloads them, so a run interrupted after its best
-evaluation selects the same parameters as one that never stopped. Ties keep the earlier step.
+Preemption-safe: with a `directory`, the best parameters (`best_params_<step>/`) and the history of
+scores (`best.json`, naming that directory) are saved there whenever the best improves, and a resumed
+run reloads them, so a run interrupted after its best evaluation selects the same parameters as one
+that never stopped. The parameters are written before the record that names them and the old ones
+removed after, so a kill at any moment leaves a record and the parameters it names; a run resumed at
+an evaluation step that the interrupted run had not scored yet scores it first. Ties keep the earlier step.
 """
 
 import dataclasses
+import errno
 import json
 import math
+import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +87,12 @@ class Hook:
   def on_end(self, step: int, state: TrainState) -> None:
     """After the last step, `step` == state.step."""
     del step, state
+
+  def on_stop(self, step: int, state: TrainState) -> str | None:
+    """A signal stops the run after step `step`: persist what a rerun needs; return what was kept, if anything
+    ("its checkpoint at step 37"), for the stop's one-line message."""
+    del step, state
+    return None
 
   def final_params(self, params: Any) -> Any:
     """The parameters the loop returns, given those of the previous hook (first: the last step's)."""
@@ -124,13 +150,39 @@ class MetricLog(Hook):
       self.log_fn(step, mean)
 
 
+def _write_error(error: BaseException, directory: Path, what: str, resume: str) -> UserError | None:
+  """The one-line UserError for a write that failed for a reason the user can fix (a full disk, a read-only
+  directory), None for any other failure.
+
+  orbax lets the OSError of a file it writes itself through, but tensorstore's failed array writes come as a
+  ValueError that carries the OS error code (measured on a full tmpfs: "RESOURCE_EXHAUSTED: ... No space left on
+  device [os_error_code='28']"); both are read here.
+  """
+  code = None
+  for _ in range(8):  # the error and what it was raised from
+    if error is None or code is not None:
+      break
+    if isinstance(error, OSError) and error.errno:
+      code = error.errno
+    elif match := re.search(r"os_error_code='?(\d+)", str(error)):
+      code = int(match.group(1))
+    error = error.__cause__ or error.__context__
+  if code is None:
+    return None
+  fix = "free space on that disk" if code in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+  return UserError(f"could not write {what} to {directory} ({os.strerror(code).lower()}); {fix} and rerun the same "
+                   f"command to resume from {resume}")
+
+
 @dataclasses.dataclass
 class Checkpointing(Hook):
-  """Saves the train state to `directory` (orbax) every `every` steps (0: never) and at the end.
+  """Saves the train state to `directory` (orbax) every `every` steps (0: never), at the end, and at a stop.
 
-  A rerun with the same directory resumes from the latest save: deterministic batches and steps make
-  its parameters those of a run that never stopped. Only the latest save is kept; saves are
-  synchronous, and multi-host: every process writes its own shards.
+  A rerun with the same directory resumes from the latest complete save: deterministic batches and steps
+  make its parameters those of a run that never stopped. Only the latest save is kept; saves are
+  synchronous, and multi-host: every process writes its own shards. A save that fails for want of space
+  (or on a read-only directory) is a one-line UserError naming the directory; the previous save is kept
+  and a rerun resumes from it.
   """
   directory: Path
   every: int = 0
@@ -141,8 +193,10 @@ class Checkpointing(Hook):
       raise ValueError(f"checkpoint every {self.every} steps: must be >= 0 (0: only at the end)")
 
   def on_start(self, state: TrainState, abstract_state: TrainState) -> TrainState:
+    # cleanup_tmp_directories: a save that a kill cut short left a `<step>.orbax-checkpoint-tmp`
+    # directory, which orbax never reads but would otherwise keep on disk (a whole train state).
     options = ocp.CheckpointManagerOptions(max_to_keep=1, save_interval_steps=max(self.every, 1),
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False, cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(Path(self.directory).absolute(), options=options)
     latest = self._manager.latest_step()
     if latest is None:
@@ -160,9 +214,29 @@ class Checkpointing(Hook):
 
   def after_step(self, step: int, state: TrainState, metrics: Metrics, last: bool) -> None:
     if self._saves_at(step, last):
-      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      self._save(step, state)
+
+  def on_stop(self, step: int, state: TrainState) -> str:
+    if self._manager.latest_step() != step:  # not saved at this step already
+      self._save(step, state)
+    self._close()
+    return f"its checkpoint at step {step}"
 
   def on_end(self, step: int, state: TrainState) -> None:
+    self._close()
+
+  def _save(self, step: int, state: TrainState) -> None:
+    previous = self._manager.latest_step()
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    except Exception as e:  # orbax's own errors are of many types: keep those a user can fix, re-raise the rest
+      error = _write_error(e, Path(self.directory).absolute(), f"the checkpoint of step {step}",
+                           "the start of this stage" if previous is None else f"its checkpoint at step {previous}")
+      if error is None:
+        raise
+      raise error from None
+
+  def _close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
     self._manager = None
@@ -186,19 +260,25 @@ class BestCheckpoint(Hook):
     if self.every <= 0:
       raise ValueError(f"evaluate every {self.every} steps: must be positive")
 
-  def _paths(self) -> tuple[Path, Path]:
-    return Path(self.directory).absolute() / "best_params", Path(self.directory).absolute() / "best.json"
+  def _root(self) -> Path:
+    return Path(self.directory).absolute()
 
   def on_start(self, state: TrainState, abstract_state: TrainState) -> TrainState:
-    """Reload what a previous, interrupted run of the same stage had selected (if anything)."""
-    if self.directory is None or not self._paths()[1].exists():
-      return state
-    params_dir, record_file = self._paths()
-    record = json.loads(record_file.read_text())
-    self.best_step, self.best_score = record["best_step"], record["best_score"]
-    self.history = [tuple(h) for h in record["history"]]
-    with ocp.StandardCheckpointer() as checkpointer:
-      self.best_params = checkpointer.restore(params_dir, abstract_state.params)
+    """Reload what a previous, interrupted run of the same stage had selected (if anything), and score the
+    resumed step if it is an evaluation step that run had not scored (it stopped between its checkpoint and
+    its evaluation)."""
+    record_file = None if self.directory is None else self._root() / "best.json"
+    if record_file is not None and record_file.exists():
+      record = json.loads(record_file.read_text())
+      self.best_step, self.best_score = record["best_step"], record["best_score"]
+      self.history = [tuple(h) for h in record["history"]]
+      params_name = record.get("params", "best_params")  # (a record written before the step was in the name)
+      with ocp.StandardCheckpointer() as checkpointer:
+        self.best_params = checkpointer.restore(self._root() / params_name, abstract_state.params)
+      self._remove_others(params_name)
+    step = int(jax.device_get(state.step))
+    if step > 0:
+      self.observe(step, state.params, last=False)
     return state
 
   def needs_metrics(self, step: int, last: bool) -> bool:
@@ -231,15 +311,31 @@ class BestCheckpoint(Hook):
       self._save(params_too=False)
 
   def _save(self, params_too: bool = True) -> None:
+    """The best parameters (if new), then the record that names them, then the removal of older ones."""
     if self.directory is None:
       return
-    params_dir, record_file = self._paths()
-    if params_too:
-      with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(params_dir, self.best_params, force=True)
-    if jax.process_index() == 0:
-      record_file.parent.mkdir(parents=True, exist_ok=True)
-      tmp = record_file.with_suffix(".tmp")
-      tmp.write_text(json.dumps({"best_step": self.best_step, "best_score": self.best_score,
-                                 "history": self.history}))
-      tmp.replace(record_file)
+    root, params_name = self._root(), f"best_params_{self.best_step}"
+    try:
+      if params_too:
+        with ocp.StandardCheckpointer() as checkpointer:
+          checkpointer.save(root / params_name, self.best_params, force=True)
+      if jax.process_index() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / "best.json.tmp"
+        tmp.write_text(json.dumps({"best_step": self.best_step, "best_score": self.best_score,
+                                   "history": self.history, "params": params_name}))
+        tmp.replace(root / "best.json")
+    except Exception as e:
+      error = _write_error(e, root, "the selected parameters", "its last checkpoint")
+      if error is None:
+        raise
+      raise error from None
+    self._remove_others(params_name)
+
+  def _remove_others(self, params_name: str) -> None:
+    """Parameters no record names: older bests, and the temporary directory of a save that a kill cut short."""
+    if jax.process_index() != 0:
+      return
+    for path in self._root().iterdir():
+      if path.name.startswith("best_params") and path.name != params_name:
+        shutil.rmtree(path, ignore_errors=True)

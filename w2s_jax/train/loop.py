@@ -14,6 +14,16 @@ and the step's metrics stay on the device until a hook asks for them (`needs_met
 interval, a save, an evaluation), when those of every step since the last fetch come at once.
 Resuming (a hook's `on_start` returns a state whose `step` is k > 0) skips the first k batches, in
 the same order, so a resumed run sees exactly the batches a run that never stopped would.
+
+Stopping on a signal (`w2s_jax.preemption`, once installed): the loop runs inside
+`preemption.deferring()`, so SIGTERM or SIGINT only sets a flag; after each step it asks
+`preemption.stop_after(step, last)`. On several processes that is an all-gather of the flag every
+`preemption.SYNC_EVERY` steps (a wait on the device, as a metrics fetch is), so that every process
+stops after the same step. On yes, the loop fetches the pending metrics (the NaN stop checks them:
+no NaN state is saved), runs the step's `after_step`s, lets every hook save through `on_stop`
+(Checkpointing writes that step's state) and raises `preemption.Stopped`, whose one line says
+where it stopped and what is kept. A rerun resumes at that step: the stop costs only the step
+that was running.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from w2s_jax import sharding
+from w2s_jax import preemption, sharding
 from w2s_jax.train.hooks import Hook, StopOnNaN
 from w2s_jax.train.state import TrainState
 
@@ -65,9 +75,18 @@ def run(step_fn: StepFn, state: TrainState, epoch_batches: EpochBatches, n_steps
     each global batch, every key one the step takes); a function of the epoch only, so that a
     resumed run sees the same batches.
   hooks: run in this order, after the NaN stop (see `w2s_jax.train.hooks`).
-  desc: names the progress bar and the NaN stop's message.
+  desc: names the progress bar, the NaN stop's message and a signal stop's (`preemption.Stopped`).
   """
   hooks = (StopOnNaN(desc), *hooks)
+  with preemption.deferring():
+    params, step = _run(step_fn, state, epoch_batches, n_steps, mesh, hooks, desc)
+  preemption.stop_if_received(step, desc)  # a signal while the hooks ended: stop before the caller goes on
+  return params
+
+
+def _run(step_fn: StepFn, state: TrainState, epoch_batches: EpochBatches, n_steps: int, mesh: Mesh,
+         hooks: Sequence[Hook], desc: str) -> tuple[Any, int]:
+  """`run`'s body, inside `preemption.deferring()`: (the parameters the hooks choose, the last step)."""
   abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   for hook in hooks:
     state = hook.on_start(state, abstract_state)
@@ -80,17 +99,22 @@ def run(step_fn: StepFn, state: TrainState, epoch_batches: EpochBatches, n_steps
     state, metrics = step_fn(state, batch)
     step += 1
     last = step == n_steps
+    stop = preemption.stop_after(step, last)
     pending.append(metrics)
     bar.update(1)
     fetched = []
-    if any(hook.needs_metrics(step, last) for hook in hooks):
-      fetched, pending = jax.device_get(pending), []  # the loop's only wait on the device
+    if stop or any(hook.needs_metrics(step, last) for hook in hooks):
+      fetched, pending = jax.device_get(pending), []  # the loop's one wait on the device (and stop_after's gather)
     for hook in hooks:
       hook.after_step(step, state, fetched, last)
+    if stop:
+      bar.close()
+      kept = [what for hook in hooks if (what := hook.on_stop(step, state))]
+      raise preemption.stopped_at(step, desc, kept)
   bar.close()
   for hook in hooks:
     hook.on_end(step, state)
   params = state.params
   for hook in hooks:
     params = hook.final_params(params)
-  return params
+  return params, step
