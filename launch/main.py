@@ -31,7 +31,10 @@ _PLAN = flags.DEFINE_bool("plan", False, "Check the config and print what the sw
 
 def main(argv):
   del argv
+  from w2s_jax import redaction
   from w2s_jax.errors import UserError
+  # Parsed already; what other libraries read of the command line (W&B's run metadata) holds no secret.
+  sys.argv[:] = redaction.redact(sys.argv)
   if _LIST_METHODS.value:
     from w2s_jax import methods
     print("\n".join(methods.describe()))
@@ -49,6 +52,8 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     if _DISTRIBUTED.value:
       jax.distributed.initialize()
+    from w2s_jax import preemption
+    preemption.install()  # after jax.distributed.initialize, whose SIGTERM handler it replaces (preemption.py)
     from w2s_jax.protocol import sweep
     if _PLAN.value:
       print("\n".join(sweep.plan(_CONFIG.value).describe()))
@@ -63,7 +68,11 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
+    from w2s_jax import preemption
+    if isinstance(e, preemption.Stopped):  # SIGTERM or SIGINT, with the running stage's checkpoint written
+      print(e, file=sys.stderr)
+      return e.exit_code
     print("interrupted: finished stages and checkpoints are kept; rerun the same command to resume",
           file=sys.stderr)
     return 130
@@ -79,13 +88,20 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except Exception as e:  # config_flags raises AttributeError/KeyError/ValueError for bad overrides
     message = str(e).strip().strip("\"'") or type(e).__name__
-    print(f"error: bad command line ({type(e).__name__}: {message}); see configs/*.py for the fields "
-          "and `--config.field=value` for overrides", file=sys.stderr)
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and message in a.split("=")[0]]
+    if isinstance(e, (AttributeError, KeyError)) and given:  # an override of a field the config lacks
+      print(f"error: {given[0]}: the config has no field {message!r}; see the config file for its fields "
+            "(configs/*.py, w2s_jax/config_base.py)", file=sys.stderr)
+    else:
+      print(f"error: bad command line ({type(e).__name__}: {message}); see configs/*.py for the fields "
+            "and `--config.field=value` for overrides", file=sys.stderr)
     sys.exit(2)
 
 
 def run():
   logging.set_verbosity(logging.WARNING)
+  from w2s_jax import hub
+  hub.offline_unless_reachable()  # before any HF library is imported: no network, no retries
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 

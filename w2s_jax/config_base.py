@@ -48,6 +48,10 @@ def base() -> ml_collections.ConfigDict:
   c.task = "sciq"           # a registered task, or jsonl:PATH / csv:PATH
   c.n_train = 20_000        # examples of the train split (halved into A and B)
   c.n_test = 10_000
+  # False: n_train / n_test examples exactly (a split with fewer is an error that says how many it
+  # has); True: at most that many, as the paper code's `split[:n]` slices (configs/nlp.py: its
+  # defaults cap tasks of every size).
+  c.n_at_most = False
   c.balance = False         # balance classes when subsampling
   c.max_length = 1024       # longer texts are truncated (not dropped)
   # None: each run's seed picks its own subsample; an int: one example pool for every seed (each

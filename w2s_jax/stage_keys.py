@@ -46,6 +46,8 @@ RUNTIME_ONLY = {
     "wandb": "where metrics are logged",
     "mesh": "how arrays are laid out on the devices (results agree up to float summation order)",
     "report": "how results are summarised: recomputed from the stages on every run",
+    "n_at_most": "whether a split with fewer examples than n_train / n_test is an error or used whole: "
+                 "where both run, the examples are the same",
     "seeds": "which seeds run; each stage's key holds its own seed",
     "methods": "which students run; each student's key holds its own recipe and its methods' options",
     "model_order": "the order of tables and plots, and of pairs='all'",

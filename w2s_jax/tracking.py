@@ -4,7 +4,8 @@ W&B is offline unless the user configures otherwise: runs land in WORKDIR/wandb 
 `wandb sync WORKDIR/wandb/offline-run-*` uploads them later. `config.wandb.mode`:
   "offline" (default; "online" if WANDB_API_KEY is set and mode is "auto"),
   "online", or "disabled" (no W&B at all).
-Every run records the experiment config, the stage's spec, and the git commit.
+Every run records the experiment config, the stage's spec, and the git commit, with the
+environment's secrets redacted (w2s_jax/redaction.py).
 Only process 0 writes.
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from w2s_jax.redaction import redact
 
 
 def git_commit() -> str | None:
@@ -60,15 +63,16 @@ class Tracker:
     run = None
     if self.is_writer and self.mode != "disabled":
       import wandb
-      run = wandb.init(project=self.project, entity=self.entity, group=self.group, name=name,
+      run = wandb.init(project=self.project, entity=self.entity, group=redact(self.group), name=redact(name),
                        job_type=name.split(":")[0], dir=str(self.workdir), mode=self.mode,
-                       config={"experiment": self.experiment_config, "stage": spec, "git_commit": self.commit},
+                       config=redact({"experiment": self.experiment_config, "stage": spec,
+                                      "git_commit": self.commit}),
                        reinit="create_new")
 
     def log(step: int, metrics: dict[str, float]) -> None:
       if not self.is_writer:
         return
-      self._jsonl.write(json.dumps({"stage": name, "step": step, "time": time.time(), **metrics}) + "\n")
+      self._jsonl.write(json.dumps(redact({"stage": name, "step": step, "time": time.time(), **metrics})) + "\n")
       if run is not None:
         run.log(metrics, step=step)
 
@@ -80,7 +84,7 @@ class Tracker:
 
   def summary(self, name: str, values: dict[str, Any]) -> None:
     if self.is_writer:
-      self._jsonl.write(json.dumps({"stage": name, "summary": values, "time": time.time()}) + "\n")
+      self._jsonl.write(json.dumps(redact({"stage": name, "summary": values, "time": time.time()})) + "\n")
 
   def close(self) -> None:
     if self.is_writer:

@@ -12,8 +12,8 @@ from w2s_jax.errors import UserError
 
 
 def select(examples, n: int | None, *, seed: int, balance: bool = False,
-           what: str = "split") -> list[Example]:
-  """A seeded subset of at most `n` usable examples, ordered by uid.
+           what: str = "split", field: str = "n", at_most: bool = True) -> list[Example]:
+  """A seeded subset of `n` usable examples (at most `n`, with `at_most`), ordered by uid.
 
   Args:
     examples: a sequence of `Example | None` (`None`: a record the task cannot use); it
@@ -23,6 +23,9 @@ def select(examples, n: int | None, *, seed: int, balance: bool = False,
     balance: take equally many of each class (undersampling the majority, as
       EleutherAI/w2s does): n // 2 of each, or all of the minority class.
     what: names the split in error messages.
+    field: the config field that asked for `n` (named in the error when the split is short).
+    at_most: a split with fewer than `n` usable examples (of each class, balanced) is used
+      whole; otherwise that is an error naming how many there are.
   """
   if n is not None and n <= 0:
     raise UserError(f"{what}: asked for {n} examples; n_train / n_test must be positive")
@@ -39,6 +42,10 @@ def select(examples, n: int | None, *, seed: int, balance: bool = False,
           break
   if not chosen:
     raise UserError(f"{what} has no usable examples; check the data source")
+  if n is not None and not at_most and len(chosen) < n:
+    have = f"{len(chosen):,} usable examples" + (" once balanced" if balance else "")
+    raise UserError(f"{what} has {have}, fewer than {field}={n:,}; set --config.{field}={len(chosen)} "
+                    "or less (or --config.n_at_most=True to take all there are)")
   return sorted(chosen, key=lambda example: example.uid)
 
 

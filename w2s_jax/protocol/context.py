@@ -210,7 +210,7 @@ class Context:
   def load_data(self, seed: int) -> SeedData:
     c = self.config
     task = tasks.load_task(c.task, n_train=c.n_train, n_test=c.n_test, seed=self.subsample_seed(seed),
-                           balance=c.balance, chess_options=c.chess.to_dict())
+                           balance=c.balance, chess_options=c.chess.to_dict(), at_most=c.n_at_most)
     half_a, half_b = splits.split_halves(task.train, seeds_lib.derive(seed, "split"))
     return SeedData(seed, task, half_a, half_b)
 
@@ -223,6 +223,10 @@ class Context:
       if vocab is not None and len(tok) > vocab:
         raise UserError(f"the tokenizer of {model.name} has {len(tok)} tokens but the model's vocabulary has "
                         f"{vocab}: they do not belong together; use the checkpoint's own tokenizer")
+      limit = models.max_input_tokens(models.config_from_hf(hf))
+      if self.config.max_length > limit:
+        raise UserError(f"config.max_length={self.config.max_length} is longer than {model.name} reads "
+                        f"({limit} tokens: its position embeddings); set --config.max_length={limit} or less")
       self._tokenizers[model.name] = tok
     return self._tokenizers[model.name]
 
@@ -251,20 +255,24 @@ class Context:
     return self.store.stage(kind, spec), StageConfig(kind, values)
 
   def load_or_clear(self, stage: Stage) -> tuple[dict, dict] | None:
-    """A finished stage's (result, arrays); None if it must run (not finished, or --force).
+    """A finished stage's (result, arrays); None if it must run (not finished, damaged, or --force).
 
     A stage that this run already finished or loaded is served from memory: several recipes
     share one supervisor's ground truth, and a strong-to-strong or chain's first student is the
     plain student, so without this each would be read again (and, with --force, retrained).
+    A stage whose files do not match their checksums is said in one line and recomputed
+    (`Stage.load_if_intact`), never used.
     """
     if stage.key in self._finished:
       return self._finished[stage.key]
-    if stage.done():
-      if not self.force:
-        self._finished[stage.key] = stage.load()
-        return self._finished[stage.key]
-      stage.clear()
-    return None
+    if self.force:
+      if stage.saved():
+        stage.clear()
+      return None
+    loaded = stage.load_if_intact()
+    if loaded is not None:
+      self._finished[stage.key] = loaded
+    return loaded
 
   def save_predictions(self, stage: Stage, result: dict[str, Any], logits: dict[str, np.ndarray],
                        examples: dict[str, list[tasks.Example]]) -> StageResult:

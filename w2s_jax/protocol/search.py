@@ -20,7 +20,6 @@ one-point difference.
 """
 
 import itertools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from w2s_jax import seeds
+from w2s_jax import artifacts, config_check, redaction, seeds, workdir as workdir_lib
 from w2s_jax.data import splits
 from w2s_jax.errors import UserError
 from w2s_jax.protocol import generative as generative_lib, pgr
@@ -166,11 +165,18 @@ def markdown(results: dict[str, Any]) -> str:
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool = False) -> dict[str, Any]:
   """Every model at every grid point for every search seed; writes search.json and search.md."""
   start = time.time()
+  config_check.check(config)
   points = grid(config)
   order = list(config.model_order) or list(config.models.keys())
   missing = [m for m in order if m not in config.models]
   if missing:
     raise UserError(f"config.model_order names {missing}, which config.models does not define")
+  with workdir_lib.claim(workdir):
+    return _run(config, workdir, force=force, start=start, points=points, order=order)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool, start: float,
+         points: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
   rows, trained = [], 0
   for name in order:
     for point in points:
@@ -184,9 +190,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool =
              "seeds": list(config.search.seeds), "grid": points, "rows": rows, "summary": summary,
              "chosen": choose(summary, order), "trained_stages": trained, "wall_s": time.time() - start}
   results["overrides"] = overrides(results["chosen"])
+  results = redaction.redact(results)
   if jax.process_index() == 0:
     out = Path(workdir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "search.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "search.md").write_text(markdown(results))
+    artifacts.write_json(out / "search.json", results, indent=1, default=str)
+    artifacts.write_file(out / "search.md", markdown(results))
   return results

@@ -8,7 +8,6 @@ costs only what is not yet done. `plan` checks the whole config before anything 
 """
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from w2s_jax import diagnostics, methods as methods_lib, report
+from w2s_jax import artifacts, config_check, diagnostics, methods as methods_lib, redaction, report, workdir as workdir_lib
 from w2s_jax.errors import UserError
 from w2s_jax.methods import Recipe
 from w2s_jax.methods.rounds import RELABELLINGS
@@ -66,6 +65,7 @@ class Plan:
 
 
 def plan(config: ml_collections.ConfigDict) -> Plan:
+  config_check.check(config)
   models = model_specs(config)
   if not models:
     raise UserError("config.models is empty; name at least a weak and a strong model")
@@ -180,11 +180,16 @@ def run_seed(ctx: Context, p: Plan, data: SeedData) -> tuple[list[dict], list[di
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool = False) -> dict[str, Any]:
   """Plan, run every seed, write results.json / results.md / plots; returns the results."""
   start = time.time()
-  p = plan(config)
+  p = plan(config)  # a bad config is refused before the workdir is touched
+  with workdir_lib.claim(workdir):
+    return _run(config, p, workdir, force=force, start=start)
+
+
+def _run(config: ml_collections.ConfigDict, p: Plan, workdir: str | Path, *, force: bool,
+         start: float) -> dict[str, Any]:
   ctx = Context(config, workdir, force=force)
   if jax.process_index() == 0:
-    ctx.workdir.mkdir(parents=True, exist_ok=True)
-    (ctx.workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str))
+    artifacts.write_json(ctx.workdir / "config.json", redaction.redact(config.to_dict()), indent=1, default=str)
   runs, chains, models = [], [], []
   for seed in p.seeds:
     seed_runs, seed_chains, seed_models = run_seed(ctx, p, ctx.load_data(seed))
@@ -204,6 +209,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool =
              "models": models, "model_summary": report.summarize_models(models),
              "wall_s": time.time() - start, "trained_stages": ctx.trained_stages, "workdir": str(ctx.workdir)}
   if jax.process_index() == 0:
-    report.write(results, ctx.workdir)
+    report.write(redaction.redact(results), ctx.workdir)
   ctx.tracker.close()
   return results
