@@ -45,6 +45,7 @@ an evaluation step that the interrupted run had not scored yet scores it first. 
 import dataclasses
 import errno
 import json
+import logging
 import math
 import os
 import re
@@ -150,6 +151,32 @@ class MetricLog(Hook):
       self.log_fn(step, mean)
 
 
+class _HeldLogRecords(logging.Filter):
+  """Holds back what orbax logs (through absl) while it saves: on a full disk it logs its own tracebacks,
+  which the one-line error replaces; otherwise `release()` lets them through as they came."""
+
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+    self.logger = logging.getLogger("absl")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    self.records.append(record)
+    return False
+
+  def __enter__(self):
+    self.logger.addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    self.logger.removeFilter(self)
+
+  def release(self) -> None:
+    for record in self.records:
+      self.logger.handle(record)
+    self.records = []
+
+
 def _write_error(error: BaseException, directory: Path, what: str, resume: str) -> UserError | None:
   """The one-line UserError for a write that failed for a reason the user can fix (a full disk, a read-only
   directory), None for any other failure.
@@ -227,14 +254,18 @@ class Checkpointing(Hook):
 
   def _save(self, step: int, state: TrainState) -> None:
     previous = self._manager.latest_step()
+    held = _HeldLogRecords()
     try:
-      self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      with held:
+        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     except Exception as e:  # orbax's own errors are of many types: keep those a user can fix, re-raise the rest
       error = _write_error(e, Path(self.directory).absolute(), f"the checkpoint of step {step}",
                            "the start of this stage" if previous is None else f"its checkpoint at step {previous}")
       if error is None:
+        held.release()
         raise
-      raise error from None
+      raise error from None  # orbax's logged tracebacks of this failure would bury the one line
+    held.release()
 
   def _close(self) -> None:
     self._manager.wait_until_finished()
