@@ -30,6 +30,7 @@ from absl import logging as absl_logging
 from orbax.checkpoint._src.path import atomicity
 
 from tests import preemption_worker, tiny_models
+from tests.test_loop import Interrupt, add_batch, one_device
 from w2s_jax import artifacts, offline, preemption, sharding
 from w2s_jax.errors import UserError
 from w2s_jax.models import checkpoints
@@ -42,16 +43,6 @@ CHILD_TIMEOUT_S = 300
 
 # ---------------------------------------------------------------------------------------------
 # The loop's stop, on real signals in this process: a step that adds its batch to one parameter.
-
-def one_device():
-  return sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-
-
-@jax.jit
-def add_batch(state, batch):
-  total = batch["x"].sum()
-  return TrainState(state.step + 1, {"w": state.params["w"] + total}, state.opt_state), {"loss": total}
-
 
 def counting_state() -> TrainState:
   return TrainState(jnp.asarray(0, jnp.int32), {"w": jnp.asarray(0.0, jnp.float32)}, {"count": jnp.zeros(())})
@@ -264,10 +255,6 @@ def test_a_full_disk_while_a_checkpoint_saves_is_one_line_and_a_rerun_resumes_fr
 
 def params_digest(params) -> str:
   return hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(params))).hexdigest()
-
-
-class Interrupt(Exception):
-  pass
 
 
 def test_selection_cut_between_its_parameters_and_its_record_selects_as_a_run_that_never_stopped(
