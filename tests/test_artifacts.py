@@ -114,9 +114,24 @@ DAMAGES = {
     "flipped byte in the result": ("result.json", flip_a_byte, "result.json does not match its recorded SHA-256"),
     "arrays missing beside a result": ("arrays.npz", lambda p: p.unlink(), "arrays.npz is missing"),
     "corrupt record": ("checksums.json", truncate, "checksums.json is corrupt"),
-    "no checksums (an older version's stage)": ("checksums.json", lambda p: p.unlink(),
-                                                "result.json but no checksums.json"),
+    "no checksums and truncated arrays (an older version's broken stage)": (
+        "checksums.json", lambda p: (p.unlink(), truncate(p.parent / "arrays.npz")),
+        "result.json but no checksums.json, and its files are not whole"),
 }
+
+
+def test_a_whole_stage_without_checksums_is_used_and_its_checksums_recorded(tmp_path, capsys):
+  """An older version's stage (or a save cut between its result and its record) is not thrown away."""
+  stage, arrays = save_stage(tmp_path)
+  (stage.directory / "checksums.json").unlink()
+  capsys.readouterr()
+  result, loaded = stage.load_if_intact()
+  note = one_line(capsys.readouterr().err)
+  assert note.startswith(f"note: stage {stage.directory.name} was saved without checksums") and "used" in note
+  assert result == {"acc": 0.75, "model": "weak"}
+  np.testing.assert_array_equal(loaded["test_logits"], arrays["test_logits"])
+  assert stage.done() and artifacts.verify(stage.directory) == []
+  assert stage.load_if_intact()[0] == result and capsys.readouterr().err == ""  # recorded: no note again
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))

@@ -26,9 +26,10 @@ directory: it is the stage's commit mark. A stage is finished when it has one, a
 recomputed (unless forced). `Stage.load_if_intact` hashes each recorded file in full before using it (the loader
 reads them whole anyway, so this costs CPU time: under a second per GB where the CPU has SHA instructions,
 ~4 s on this project's VM; a feature cache or logits are megabytes, a 7B generative backbone 28 GB). A
-finished stage whose files do not match their record (truncated, edited, missing), or a stage with a result.json
-but no checksums.json (saved by a version before checksums, or interrupted between the two: recomputing is the
-safe answer to both), is said in one warning line on stderr, its files are removed and it is computed again. Its
+finished stage whose files do not match their record (truncated, edited, missing) is said in one warning line on
+stderr, its files are removed and it is computed again. A stage with a result.json but no checksums.json (saved by
+a version before checksums, or interrupted between the two) is used, and its checksums recorded, if its result
+parses and its arrays read back whole (`Stage._adopt`); otherwise it is discarded the same way. Its
 `checkpoints/` stay, so the recomputation resumes from the last checkpoint as an interrupted stage would. A full
 disk while saving leaves the stage unfinished, with its checkpoints, and is one line: free space and rerun.
 """
@@ -251,7 +252,7 @@ def verify_workdir(workdir: Path | str) -> tuple[int, list[str]]:
       n, problems = n + checked, problems + bad
     elif stage.saved():
       problems.append(f"{directory}: {RESULT_FILE} but no {CHECKSUMS_FILE} (saved by an older version, or "
-                      "interrupted while saving): the next run recomputes it")
+                      "interrupted while saving): the next run uses it if its files are whole, else recomputes it")
   return n, problems
 
 
@@ -323,15 +324,36 @@ class Stage:
     are removed (its checkpoints stay); a stage still training is left as it is.
     """
     if not self.done():
-      if self.saved():
-        self.discard(f"{RESULT_FILE} but no {CHECKSUMS_FILE} (saved by an older version, or interrupted while "
-                     "saving)")
-      return None
+      return self._adopt() if self.saved() else None
     try:
       return self.load()
     except CorruptArtifact as e:
       self.discard(str(e))
       return None
+
+  def _adopt(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """A stage with a result but no checksums: saved by a version before them (which wrote the arrays, then
+    the result, each renamed into place), or cut between its result and its record. Its files are used, and
+    their checksums recorded, if they are whole: the result parses and every array reads back (a zip's
+    CRC-32s are checked on reading). Otherwise it is discarded. Recomputing every stage of every workdir
+    on upgrading would throw away hours of finished work for nothing."""
+    try:
+      result = json.loads((self.directory / RESULT_FILE).read_text())
+      with np.load(self.directory / ARRAYS_FILE) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+      self.discard(f"{RESULT_FILE} but no {CHECKSUMS_FILE}, and its files are not whole "
+                   f"({type(e).__name__}: {e})".replace("\n", " "))
+      return None
+    if jax.process_index() == 0:
+      write_atomic(self.directory / SPEC_FILE, json.dumps(self.spec, indent=1, sort_keys=True, default=str))
+      files = {p.name: file_record(p) for p in sorted(self.directory.iterdir())
+               if p.is_file() and p.name != CHECKSUMS_FILE and not p.name.startswith(".")}
+      write_atomic(self.directory / CHECKSUMS_FILE, _checksums_json(files))
+      print(f"note: stage {self.directory.name} was saved without checksums (an older version, or a save cut "
+            "short before them); its files are whole, so it is used and their checksums are now recorded",
+            file=sys.stderr)
+    return result, arrays
 
   def discard(self, problem: str) -> None:
     """Say in one line why this stage is recomputed, and remove its files (not its checkpoints)."""
