@@ -206,3 +206,15 @@ def test_a_value_out_of_its_range_names_the_field_and_an_example(field, value, n
   with pytest.raises(UserError, match="e.g. --config.") as error:
     config_check.check(c)
   assert named in str(error.value)
+
+
+def test_transformers_says_nothing_of_a_missing_pytorch_it_is_not_asked_for():
+  """Our models are Flax; transformers serves tokenizers. Its banner on a machine without torch
+  ("PyTorch was not found...") would stand above our one line (here torch is hidden from it)."""
+  code = "import sys; sys.modules['torch'] = None\nimport w2s_jax, transformers\ntransformers.AutoTokenizer"
+  env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0 and done.stderr == "", done.stderr
+  banner = subprocess.run([sys.executable, "-c", code.replace("import w2s_jax, ", "import ")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert "PyTorch was not found" in banner.stderr  # what it says without w2s_jax first

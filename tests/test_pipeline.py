@@ -154,15 +154,12 @@ def test_auroc_ranks_by_the_logit_margin_not_saturated_probabilities():
   assert metrics["auroc"] == 1.0 and metrics["acc"] == 0.75
 
 
-def test_main_reports_bad_input_in_one_line(assets, tmp_path):
+def test_main_lists_methods_and_plans_without_training(assets, tmp_path):
+  """(Bad input on the command line: tests/test_bad_input.py.)"""
   def main(*args):
     return subprocess.run([sys.executable, str(REPO / "launch" / "main.py"), *args], capture_output=True,
                           text=True, cwd=REPO, timeout=300, env={**__import__("os").environ,
                                                                  "WANDB_MODE": "disabled"})
-  bad_task = main("--config=configs/nlp.py:runlocal", f"--workdir={tmp_path}", "--config.task=no_such_task")
-  assert bad_task.returncode != 0
-  assert "no_such_task" in bad_task.stderr and "Traceback" not in bad_task.stderr
-  assert len(bad_task.stderr.strip().splitlines()) == 1, bad_task.stderr
   listed = main("--list_methods")
   assert listed.returncode == 0
   assert {line.split()[1] for line in listed.stdout.splitlines()} >= {
@@ -171,8 +168,6 @@ def test_main_reports_bad_input_in_one_line(assets, tmp_path):
   assert planned.returncode == 0, planned.stderr
   assert "students minilm_l3 -> mpnet: xent, xent_hard" in planned.stdout
   assert "chain minilm_l3>minilm_l6>mpnet (in_sample, held_out)" in planned.stdout
-  bad_key = main("--config=configs/nlp.py:runlocal", f"--workdir={tmp_path}", "--config.no_such_key=1")
-  assert bad_key.returncode != 0 and "no_such_key" in bad_key.stderr and "Traceback" not in bad_key.stderr
 
 
 def test_tokenizer_that_does_not_match_the_model_is_one_clear_error(assets, tmp_path):
