@@ -107,17 +107,27 @@ def test_a_nan_loss_at_the_stop_step_is_reported_and_not_saved(tmp_path):
 
 
 def test_a_signal_outside_training_stops_at_once_and_without_install_python_keeps_its_own():
-  with preemption.installed():
-    with pytest.raises(preemption.Stopped) as e:
+  # Python's own SIGINT handling, whatever an earlier test's library left installed (restored after).
+  before = {signum: signal.signal(signum, handler)
+            for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))}
+  try:
+    with preemption.installed():
+      with pytest.raises(preemption.Stopped) as e:
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(1)  # (the handler runs between two bytecodes, at once)
+    assert str(e.value) == ("stopped by SIGINT while no stage was training: every finished stage and every "
+                            "checkpoint saved so far are kept; rerun the same command to resume")
+    assert e.value.exit_code == 130
+    # Uninstalled: the handlers that were there are back, and SIGINT is a plain KeyboardInterrupt again.
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.default_int_handler,
+                                                                                  signal.SIG_DFL)
+    with pytest.raises(KeyboardInterrupt) as plain:
       signal.raise_signal(signal.SIGINT)
-      time.sleep(1)  # (the handler runs between two bytecodes, at once)
-  assert str(e.value) == ("stopped by SIGINT while no stage was training: every finished stage and every "
-                          "checkpoint saved so far are kept; rerun the same command to resume")
-  assert e.value.exit_code == 130
-  with pytest.raises(KeyboardInterrupt) as plain:
-    signal.raise_signal(signal.SIGINT)
-  assert not isinstance(plain.value, preemption.Stopped)
-  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert not isinstance(plain.value, preemption.Stopped)
+  finally:
+    for signum, handler in before.items():
+      if handler is not None:  # (None: installed outside Python; cannot be put back)
+        signal.signal(signum, handler)
 
 
 def test_a_second_signal_while_stopping_ends_the_process_at_once():

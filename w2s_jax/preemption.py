@@ -81,7 +81,8 @@ def uninstall() -> None:
   """Put back the handlers `install()` replaced and forget any signal received."""
   global _received, _agreed
   for signum, previous in _previous.items():
-    signal.signal(signum, previous)
+    if previous is not None:  # None: a handler installed outside Python (C++), which cannot be put back
+      signal.signal(signum, previous)
   _previous.clear()
   _received = _agreed = None
 
