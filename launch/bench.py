@@ -4,6 +4,8 @@
     python launch/bench.py --case gpt2-large-bf16       # a GPU case (the H100 targets)
     python launch/bench.py --case gpt2-fp32 --mesh 1,8  # the same step on a (data, fsdp) mesh
     python launch/bench.py --memory-plan                # Qwen2.5-7B step compiled for 8 fake devices
+    python launch/bench.py --memory-plan --scan-layers --plan-model qwen2.5-72b --plan-target v5p-128
+    python launch/bench.py --plan-suite large           # Qwen2.5-14B/32B/72B on their slices
 
 For every case the JAX row measures our real step (Classifier + xent + Adam through
 `make_train_step` / `jit_train_step`, the state donated): compile time, steady step time,
@@ -34,19 +36,22 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, when run from a checkout
 
 import numpy as np  # noqa: E402
+
+from w2s_jax.errors import UserError  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random-initialised models only: never reach a hub
 
@@ -532,17 +537,96 @@ class PytorchRun:
 
 
 # ---------------------------------------------------------------------------------------------
-# The memory plan: a 7B student compiled ahead of time, never run.
+# The memory plan: a large student's train step compiled ahead of time for abstract state on
+# fake devices, never run.
 
 
-def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int = 1024,
-                fsdp: int = 8, remat: bool | str = True, scan_layers: bool = False, dtype: str = "bfloat16",
-                microbatches: int = 1,
-                config: Any = None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+  """A slice a plan is read against: one JAX device per chip, and each chip's memory."""
+  name: str
+  chips: int
+  hbm_bytes: float
+  source: str
+
+
+# On TPU v4 and v5p a chip's two TensorCores act as one JAX device (megacore), so a slice named
+# by its core count has half as many devices. Memory is the datasheet's, in decimal GB where it
+# says GB (the smaller reading of v5p's "95 GB"/"95 GiB"), and no headroom is subtracted.
+ACCELERATORS = {a.name: a for a in [
+    Accelerator("8xh100-80gb", 8, 80e9, "8 x NVIDIA H100 SXM 80 GB (one HGX host)"),
+    Accelerator("v4-32", 16, 32 * 2**30, "TPU v4-32: 32 TensorCores = 16 chips, 32 GiB HBM2 each"),
+    Accelerator("v5p-32", 16, 95e9, "TPU v5p-32: 32 TensorCores = 16 chips, 95 GB HBM2e each"),
+    Accelerator("v5p-128", 64, 95e9, "TPU v5p-128 (4x4x4): 128 TensorCores = 64 chips, 95 GB HBM2e each"),
+]}
+
+PAPER_BATCH_SIZE = 32  # Burns et al. (and EleutherAI/w2s) fine-tune with batches of 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """One large student on one slice: what `--plan-suite large` compiles."""
+  model: str
+  accelerator: str
+  param_dtype: str = "float32"
+
+
+# 14B on one 8-GPU host (the largest student such a host trains in fp32 with Adam); 32B on
+# that host, on a v5p-32 and on the 32 GiB chips of a v4-32; 72B (the paper's largest scale)
+# on a v5p-128, and on the 8-GPU host in bf16 to show what fp32 state costs there.
+LARGE_PLANS = (
+    Plan("qwen2.5-14b", "8xh100-80gb"),
+    Plan("qwen2.5-32b", "8xh100-80gb"),
+    Plan("qwen2.5-32b", "v5p-32"),
+    Plan("qwen2.5-32b", "v4-32"),
+    Plan("qwen2.5-32b", "v4-32", "bfloat16"),
+    Plan("qwen2.5-72b", "v5p-128"),
+    Plan("qwen2.5-72b", "8xh100-80gb"),
+    Plan("qwen2.5-72b", "8xh100-80gb", "bfloat16"),
+)
+
+
+# A plan's code never runs, so LLVM need not optimise it: on CPU this compiles 2-3x faster and
+# leaves the buffer assignment, and so every number of the plan, unchanged (checked on a tiny
+# Qwen2 at fsdp 8 and on Qwen2.5-7B; BENCHMARKS.md).
+PLAN_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
+def plan_batch_size(accelerator: Accelerator, batch_size: int | None = None) -> int:
+  """The plan's global batch: as given, or else the paper's 32 rounded up to a multiple of the
+  chips (the mesh splits the batch over every device, so a 64-chip slice needs 64 rows)."""
+  if batch_size is not None:
+    return batch_size
+  return -(-PAPER_BATCH_SIZE // accelerator.chips) * accelerator.chips
+
+
+def microbatch_counts(batch_size: int, n_devices: int) -> list[int]:
+  """In-step microbatch counts the step accepts, ascending: each microbatch must still give
+  every device whole rows, so the count divides batch_size / n_devices."""
+  if batch_size % n_devices:
+    raise UserError(f"batch of {batch_size} rows does not split over {n_devices} devices; "
+                    f"use a multiple of {n_devices}")
+  rows_per_device = batch_size // n_devices
+  return [m for m in range(1, rows_per_device + 1) if rows_per_device % m == 0]
+
+
+def per_device_bytes(tree: Any) -> int:
+  """Bytes one device holds of a pytree of sharded ShapeDtypeStructs (replicated leaves in full)."""
+  import jax
+  return int(sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def memory_plan(*, model: str = "qwen2.5-7b", accelerator: Accelerator = ACCELERATORS["8xh100-80gb"],
+                batch_size: int | None = None, seq_len: int = 1024, data: int = 1,
+                remat: bool | str = True, scan_layers: bool = False, dtype: str = "bfloat16",
+                param_dtype: str = "float32", microbatches: int = 1, config: Any = None) -> dict[str, Any]:
   """Lower and compile the full train step for abstract (never allocated) state and batch on a
-  (1, fsdp) mesh, and read the per-device memory XLA planned for it.
+  (data, chips / data) mesh of the accelerator's chip count, and read the per-device memory XLA
+  planned for it.
 
-  `config` replaces the preset named by `model` (tests plan a tiny model).
+  param_dtype: the dtype of the parameters, and so of their gradients and Adam moments
+    ("float32" as training keeps them; "bfloat16" halves the state).
+  config: replaces the preset named by `model` (tests plan a tiny model).
   """
   import jax
   import jax.numpy as jnp
@@ -550,14 +634,24 @@ def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int
   from w2s_jax import models, sharding
   from w2s_jax.models import checkpoints
   from w2s_jax.train import losses, optim, state as state_lib, steps
-  if len(jax.devices()) < fsdp:
-    raise ValueError(f"the memory plan needs {fsdp} devices, found {len(jax.devices())}; run it "
-                     f"through `launch/bench.py --memory-plan` (it sets jax_num_cpu_devices)")
-  mesh = sharding.make_mesh(data=1, fsdp=fsdp, devices=jax.devices()[:fsdp])
+  start = time.perf_counter()
+  chips = accelerator.chips
+  if len(jax.devices()) < chips:
+    raise UserError(f"the {accelerator.name} plan needs {chips} devices, found {len(jax.devices())}; run it "
+                    f"through `launch/bench.py --memory-plan` (it sets jax_num_cpu_devices)")
+  if data < 1 or chips % data:
+    raise UserError(f"--plan-data {data} does not divide the {chips} chips of {accelerator.name}; "
+                    f"choose a divisor of {chips}")
+  batch_size = plan_batch_size(accelerator, batch_size)
+  if microbatches not in microbatch_counts(batch_size, chips):
+    raise UserError(f"{microbatches} microbatches of a {batch_size}-row batch do not give each of {chips} "
+                    f"devices whole rows; choose one of {microbatch_counts(batch_size, chips)}")
+  mesh = sharding.make_mesh(data=data, fsdp=chips // data, devices=jax.devices()[:chips])
   if config is None:
     config = models.preset(model, dtype=dtype, remat=remat, scan_layers=scan_layers)
   module = checkpoints.build_model(config)
-  abstract = checkpoints.abstract_params(module)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(param_dtype)),
+                          checkpoints.abstract_params(module))
   param_shardings = sharding.param_shardings(abstract, mesh)
   tx = optim.make_optimizer(name="adam", lr=LR, total_steps=TOTAL_STEPS)
   opt_shardings = state_lib.opt_state_shardings(tx, abstract, param_shardings, mesh)
@@ -578,30 +672,60 @@ def memory_plan(*, model: str = "qwen2.5-7b", batch_size: int = 32, seq_len: int
       steps.make_train_step(module, tx, losses.get_loss("xent"), total_steps=TOTAL_STEPS,
                             trainable=tuple(abstract), microbatches=microbatches, mesh=mesh),
       shardings, mesh)
-  start = time.perf_counter()
+  lower_start = time.perf_counter()
   lowered = step.lower(state, batch)
-  lower_s = time.perf_counter() - start
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start - lower_s
-  n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
+  lower_s = time.perf_counter() - lower_start
+  compiled = lowered.compile(compiler_options=PLAN_COMPILER_OPTIONS.get(jax.devices()[0].platform))
+  compile_s = time.perf_counter() - lower_start - lower_s
   memory = memory_stats(compiled)
-  # What the state alone must take per device (fp32 params + Adam's two moments), to read the
-  # plan against: the rest of `peak` is gradients and activations.
-  state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state)) / fsdp
+  peak = memory.get("peak", math.inf)
   return {
-      "name": f"memory-plan-{model}", "framework": "jax", "tokens_per_s": None, "model": model,
-      "params": n_params, "dtype": dtype, "remat": remat, "scan_layers": scan_layers,
-      "batch_size": batch_size,
-      "seq_len": seq_len, "microbatches": microbatches, "mesh": dict(mesh.shape),
-      "device_kind": f"{fsdp} fake {jax.devices()[0].platform} devices (ahead-of-time compile only)",
-      "lower_s": lower_s, "compile_s": compile_s, "memory_bytes_per_device": memory,
-      "state_bytes_per_device": int(state_bytes),
-      "fits_80GB": bool(memory.get("peak", math.inf) < 80e9),
-      # Measured at seq 256: the CPU compiler plans the same temp memory with and without
-      # remat (its scheduler keeps recomputed activations alive), so activations here are an
-      # upper bound; a GPU compile of the same step plans with a memory-aware scheduler.
-      "note": "planned by the CPU compiler: activation memory is an upper bound (remat not honoured)",
+      "name": f"memory-plan-{model}-{accelerator.name}", "framework": "jax", "tokens_per_s": None,
+      "model": model, "accelerator": accelerator.name, "accelerator_source": accelerator.source,
+      "chips": chips, "hbm_bytes": accelerator.hbm_bytes,
+      "params": sum(math.prod(x.shape) for x in jax.tree.leaves(abstract)),
+      "dtype": dtype, "param_dtype": param_dtype, "remat": remat, "scan_layers": scan_layers,
+      "batch_size": batch_size, "seq_len": seq_len, "microbatches": microbatches,
+      "rows_per_device_at_once": batch_size // microbatches // chips, "mesh": dict(mesh.shape),
+      "device_kind": f"{chips} fake {jax.devices()[0].platform} devices (ahead-of-time compile only)",
+      "lower_s": lower_s, "compile_s": compile_s, "wall_s": time.perf_counter() - start,
+      # The process's high-water mark so far (it only grows over the plans of one run).
+      "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      "memory_bytes_per_device": memory,
+      # What the state alone takes per device (params + Adam's two moments, in param_dtype), to
+      # read the plan against: the rest of `peak` is gradients, gathered weights and activations.
+      "state_bytes_per_device": per_device_bytes(state),
+      "params_bytes_per_device": per_device_bytes(state.params),
+      "fits": bool(peak < accelerator.hbm_bytes),
+      "note": ("planned by the CPU compiler; with scan_layers it honours remat, without it the "
+               "activations are an upper bound (remat not honoured)"),
   }
+
+
+def smallest_fitting_plan(emit: Callable[[dict[str, Any]], None], **plan: Any) -> dict[str, Any]:
+  """Plans with 1, 2, … in-step microbatches (`microbatch_counts`) until one fits; emits each row.
+
+  Returns the first row that fits, or the last one tried (the fewest rows at once) if none does.
+  """
+  accelerator = plan["accelerator"]
+  batch_size = plan_batch_size(accelerator, plan.pop("batch_size", None))
+  for microbatches in microbatch_counts(batch_size, accelerator.chips):
+    row = memory_plan(**plan, batch_size=batch_size, microbatches=microbatches)
+    emit(row)
+    if row["fits"]:
+      break
+  return row
+
+
+def plan_summary(r: dict[str, Any]) -> str:
+  """One line of a plan, as main() prints it after the JSON rows."""
+  m = r["memory_bytes_per_device"]
+  return (f"{r['name']}: {r['params'] / 1e9:.2f}B params ({r['param_dtype']}), batch {r['batch_size']} x "
+          f"{r['seq_len']} in {r['microbatches']} microbatch(es), mesh {r['mesh']}, remat {r['remat']}: "
+          f"per device peak {m.get('peak', 0) / 1e9:.1f} GB (arguments {m.get('argument', 0) / 1e9:.1f}, "
+          f"temp {m.get('temp', 0) / 1e9:.1f}; state alone {r['state_bytes_per_device'] / 1e9:.1f}) "
+          f"-> fits {r['hbm_bytes'] / 1e9:.1f} GB: {r['fits']} ({r['wall_s']:.0f} s, host peak "
+          f"{r['host_peak_rss_bytes'] / 1e9:.1f} GB)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,12 +830,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="run this case (repeatable)")
   parser.add_argument("--mesh", default="1,1", help="data,fsdp sizes of the mesh (default 1,1)")
   parser.add_argument("--memory-plan", action="store_true",
-                      help="compile the Qwen2.5-7B step for 8 fake devices (FSDP + remat), print its memory")
-  parser.add_argument("--plan-model", default="qwen2.5-7b")
-  parser.add_argument("--plan-batch", type=int, default=32)
+                      help="compile a student's train step for the fake devices of a slice (FSDP + remat), "
+                      "print its memory per device")
+  parser.add_argument("--plan-model", default="qwen2.5-7b", help="a model preset (default qwen2.5-7b)")
+  parser.add_argument("--plan-target", default="8xh100-80gb", choices=sorted(ACCELERATORS),
+                      help="the slice: its chip count is the mesh's, its memory per chip the budget")
+  parser.add_argument("--plan-batch", type=int,
+                      help=f"global batch (default {PAPER_BATCH_SIZE}, rounded up to a multiple of the chips)")
   parser.add_argument("--plan-seq-len", type=int, default=1024)
-  parser.add_argument("--plan-microbatches", default="1,4",
-                      help="comma list: gradient accumulation inside the step, one plan per value")
+  parser.add_argument("--plan-data", type=int, default=1,
+                      help="data-parallel replicas; the mesh is (data, chips / data), default pure FSDP")
+  parser.add_argument("--plan-param-dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="dtype of the parameters, their gradients and Adam moments (default float32)")
+  parser.add_argument("--plan-microbatches", default="auto",
+                      help="comma list of in-step gradient accumulation counts, one plan per value; "
+                      "'auto' (default): 1, 2, ... until the plan fits")
+  parser.add_argument("--plan-suite", choices=("large",),
+                      help="'large': every plan of LARGE_PLANS (Qwen2.5-14B/32B/72B), scanned, full remat, "
+                      "microbatches 'auto'")
   parser.add_argument("--remat", help="override every case's activation checkpointing: none | full | "
                       "dots_no_batch | dots (and the memory plan's, default full)")
   parser.add_argument("--scan-layers", action="store_true", default=None,
@@ -732,8 +868,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="PyTorch's intra-op threads (default: all cores, as XLA uses)")
   parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
   args = parser.parse_args(argv)
+  if args.plan_suite:
+    args.memory_plan = True
   if not (args.quick or args.case or args.memory_plan):
-    parser.error("choose --quick, --case NAME or --memory-plan")
+    parser.error("choose --quick, --case NAME, --memory-plan or --plan-suite")
+  if args.plan_microbatches != "auto":
+    try:
+      counts = [int(m) for m in args.plan_microbatches.split(",")]
+      assert min(counts) >= 1
+    except (ValueError, AssertionError):
+      parser.error(f"--plan-microbatches {args.plan_microbatches!r} must be 'auto' or positive counts, e.g. 1,4")
+    args.plan_microbatches = counts
   try:
     args.mesh = tuple(int(x) for x in args.mesh.split(","))
     assert len(args.mesh) == 2 and min(args.mesh) >= 1
@@ -742,13 +887,35 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
+def requested_plans(args: argparse.Namespace) -> list[dict[str, Any]]:
+  """memory_plan's arguments (less microbatches) for each plan the command line asks for."""
+  if args.plan_suite == "large":
+    return [dict(model=p.model, accelerator=ACCELERATORS[p.accelerator], param_dtype=p.param_dtype,
+                 batch_size=args.plan_batch, seq_len=args.plan_seq_len, data=args.plan_data,
+                 remat=args.remat or "full", scan_layers=True) for p in LARGE_PLANS]
+  if not args.memory_plan:
+    return []
+  return [dict(model=args.plan_model, accelerator=ACCELERATORS[args.plan_target],
+               param_dtype=args.plan_param_dtype, batch_size=args.plan_batch, seq_len=args.plan_seq_len,
+               data=args.plan_data, remat=args.remat or "full", scan_layers=bool(args.scan_layers))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    return run(args)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
   import jax
-  n_devices = args.mesh[0] * args.mesh[1]
-  if args.memory_plan or n_devices > 1:
+  plans = requested_plans(args)
+  n_devices = max([args.mesh[0] * args.mesh[1], *(p["accelerator"].chips for p in plans)])
+  if n_devices > 1:
     # Fake CPU devices must exist before JAX starts its backends; GPUs are unaffected.
-    jax.config.update("jax_num_cpu_devices", max(8 if args.memory_plan else 1, n_devices))
+    jax.config.update("jax_num_cpu_devices", n_devices)
   names = [n for n, c in CASES.items() if c.quick] if args.quick else []
   names += [n for n in args.case if n not in names]
   overrides = {k: v for k, v in (("steps", args.steps), ("warmup", args.warmup),
@@ -766,19 +933,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         f.write(line + "\n")
     rows.append(row)
 
-  lengths, source = (real_lengths() if args.lengths == "real" else (synthetic_lengths(), synthetic_source()))
+  def emit_plan(row: dict[str, Any]) -> None:
+    emit(row | {"machine": machine(), "date": time.strftime("%Y-%m-%d")})
+
+  if cases:
+    lengths, source = (real_lengths() if args.lengths == "real" else (synthetic_lengths(), synthetic_source()))
   for case in cases:
     for row in run_case(case, lengths, source, mesh_shape=args.mesh, length_buckets=args.length_buckets,
                         length_multiple=args.length_multiple,
                         pytorch=not args.no_pytorch, rounds=args.rounds,
                         torch_threads=args.torch_threads):
       emit(row)
-  if args.memory_plan:
-    for microbatches in (int(m) for m in args.plan_microbatches.split(",")):
-      emit(memory_plan(model=args.plan_model, batch_size=args.plan_batch, seq_len=args.plan_seq_len,
-                       microbatches=microbatches, remat=args.remat or "full",
-                       scan_layers=bool(args.scan_layers))
-           | {"machine": machine(), "date": time.strftime("%Y-%m-%d")})
+  for plan in plans:
+    if args.plan_microbatches == "auto":
+      smallest_fitting_plan(emit_plan, **plan)
+    else:
+      for microbatches in args.plan_microbatches:
+        emit_plan(memory_plan(**plan, microbatches=microbatches))
   if cases:
     print()
     print(table(rows))
@@ -787,12 +958,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(padding_table(lengths, seq_len))
   for r in rows:
     if "memory_bytes_per_device" in r:
-      m = r["memory_bytes_per_device"]
-      print(f"\n{r['name']}: {r['params'] / 1e9:.2f}B params, batch {r['batch_size']} x {r['seq_len']} "
-            f"in {r['microbatches']} microbatch(es), mesh {r['mesh']}, remat {r['remat']}: "
-            f"per device peak {m.get('peak', 0) / 1e9:.1f} GB (arguments {m.get('argument', 0) / 1e9:.1f}, "
-            f"temp {m.get('temp', 0) / 1e9:.1f}; state alone {r['state_bytes_per_device'] / 1e9:.1f}) "
-            f"-> fits 80 GB: {r['fits_80GB']}")
+      print("\n" + plan_summary(r))
   return 0
 
 
