@@ -11,6 +11,7 @@ Every field either enters the cache key of each stage it can affect or is runtim
 import ml_collections
 
 from w2s_jax import methods
+from w2s_jax.train import lora
 
 
 def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
@@ -26,7 +27,9 @@ def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
     scan_layers: the blocks as one nn.scan (one block compiled instead of L);
     generative_finetune: first fine-tune the model with the language-modelling loss on the task's
       unlabelled inputs (half B and test, no labels), then run its usual fine-tunes from there
-      (w2s_jax/protocol/generative.py; `config.generative` sets its epochs and lr).
+      (w2s_jax/protocol/generative.py; `config.generative` sets its epochs and lr);
+    lora_rank, lora_alpha, lora_targets: this model's LoRA, each None to take `config.lora`'s
+      (e.g. LoRA for the large strong student only: `--config.models.qwen7b.lora_rank=8`).
   """
   fields = dict(checkpoint=checkpoint, lr=lr, **MODEL_DEFAULTS)
   unknown = set(kw) - set(fields)
@@ -34,13 +37,14 @@ def model(checkpoint: str, lr: float, **kw) -> ml_collections.ConfigDict:
     raise ValueError(f"model(): unknown fields {sorted(unknown)}; known: {sorted(fields)}")
   fields |= kw
   # A None default needs a typed reference, or an override from the command line is refused.
-  if fields["pooling"] is None:
-    fields["pooling"] = ml_collections.FieldReference(None, field_type=str)
+  for name, field_type in (("pooling", str), ("lora_rank", int), ("lora_alpha", float), ("lora_targets", str)):
+    if fields[name] is None:
+      fields[name] = ml_collections.FieldReference(None, field_type=field_type)
   return ml_collections.ConfigDict(fields)
 
 
 MODEL_DEFAULTS = dict(microbatches=1, pooling=None, dtype="float32", remat="none", scan_layers=False,
-                      generative_finetune=False)
+                      generative_finetune=False, lora_rank=None, lora_alpha=None, lora_targets=None)
 
 
 def base() -> ml_collections.ConfigDict:
@@ -96,6 +100,10 @@ def base() -> ml_collections.ConfigDict:
       checkpoint_every=200,   # orbax checkpoints every N steps and at the end; a rerun resumes
       keep_checkpoints=False,  # keep a finished stage's final checkpoint (else deleted: disk)
   ))
+  # LoRA (docs/lora.md): rank > 0 freezes the backbone and trains low-rank adapters A·B on the kernels
+  # `targets` matches (a regex over parameter paths) and the head; the update is scaled by alpha / rank.
+  # EleutherAI/w2s uses it by default (PEFT's rank 8, alpha 8, dropout 0). Each model may override it.
+  c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=8.0, targets=lora.DEFAULT_TARGETS))
   # `launch/main.py --search`: hyperparameters chosen on a validation part of half A (ground truth;
   # the test set unread), w2s_jax/protocol/search.py. An empty axis keeps the config's own value.
   c.search = ml_collections.ConfigDict(dict(

@@ -7,6 +7,7 @@ field, the value, what it must be, and an example; `sweep.plan` and `search.run`
 a bad value is refused before the first stage trains (and before any data or model loads).
 """
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,16 @@ def _ints_tuple(x: Any) -> bool:
 
 def _strs_tuple(x: Any) -> bool:
   return isinstance(x, (tuple, list)) and all(isinstance(v, str) and v for v in x)
+
+
+def _regex(x: Any) -> bool:
+  if not isinstance(x, str) or not x:
+    return False
+  try:
+    re.compile(x)
+  except re.error:
+    return False
+  return True
 
 
 # field -> (accepts(value), what it must be, an example override)
@@ -65,6 +76,9 @@ RULES: dict[str, Rule] = {
     "generative.epochs": (lambda x: _is_number(x) and x > 0, "a positive number", "1.0"),
     "generative.lr": (lambda x: x is None or (_is_number(x) and x > 0), "a positive number or None", "1e-5"),
     "prompting.shots": (lambda x: _ints_tuple(x) and all(v >= 0 for v in x), "a tuple of ints >= 0", '"(0,5)"'),
+    "lora.rank": (lambda x: _is_int(x) and x >= 0, "an int >= 0 (0: no LoRA)", "8"),
+    "lora.alpha": (lambda x: _is_number(x) and x > 0, "a positive number (the update is scaled by alpha / rank)", "16"),
+    "lora.targets": (_regex, "a regex over parameter paths", "'/attn/(q|v)/kernel$'"),
     "mesh.data": (lambda x: _is_int(x) and (x == -1 or x > 0), "a positive int or -1 (the rest)", "-1"),
     "mesh.fsdp": (lambda x: _is_int(x) and (x == -1 or x > 0), "a positive int or -1 (the rest)", "1"),
 }
@@ -76,6 +90,11 @@ MODEL_RULES: dict[str, Rule] = {
     "microbatches": (lambda x: _is_int(x) and x > 0, "a positive int", "1"),
     "dtype": (lambda x: x in ("float32", "bfloat16"), "'float32' or 'bfloat16'", "bfloat16"),
     "pooling": (lambda x: x in (None, "last", "first", "mean"), "'last', 'first', 'mean' or None", "mean"),
+    "lora_rank": (lambda x: x is None or (_is_int(x) and x >= 0), "an int >= 0 or None (config.lora's)", "8"),
+    "lora_alpha": (lambda x: x is None or (_is_number(x) and x > 0), "a positive number or None (config.lora's)",
+                   "16"),
+    "lora_targets": (lambda x: x is None or _regex(x), "a regex over parameter paths or None (config.lora's)",
+                     "'/attn/(q|v)/kernel$'"),
 }
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import ml_collections
 
+from w2s_jax.train import lora
+
 # Bumped to 2 by the audit fixes: logconf's batch statistics over the whole global batch,
 # stage arrays keyed by example uid with logits (AUROC from logit margins), one seed per purpose.
 # weak_to_strong 3: its result holds the imitation and misfit diagnostics (diagnostics.py);
@@ -37,7 +39,9 @@ VERSIONS = {"features": 2, "ground_truth": 2, "weak_to_strong": 4, "validation":
 # Fields added after stages were cached, at the value that means "as before the field existed": at
 # that value they stay out of the spec that is hashed (the stage's view still has them), so adding a
 # field does not retrain every finished stage. Any other value enters the key as usual.
-NEUTRAL_DEFAULTS = {"model.generative_finetune": False}
+NEUTRAL_DEFAULTS = {"model.generative_finetune": False, "model.lora_rank": None, "model.lora_alpha": None,
+                    "model.lora_targets": None, "lora.rank": 0, "lora.alpha": 8.0,
+                    "lora.targets": lora.DEFAULT_TARGETS}
 
 RUNTIME_ONLY = {
     "train.log_every": "how often metrics are logged",
@@ -70,10 +74,10 @@ FIELDS = {
     # shapes of the inference batches (bf16 features round differently at other shapes).
     "features": DATA + ("models.{model}.checkpoint", "models.{model}.pooling", "models.{model}.dtype",
                         "train.batch_size", "train.length_buckets", "train.length_multiple"),
-    "ground_truth": DATA + ("models.{model}", "train", "head_init"),
-    "weak_to_strong": DATA + ("models.{model}", "train", "head_init", "method_options.{method}"),
-    "validation": DATA + ("models.{model}", "train", "head_init", "search.val_frac"),
-    "generative": DATA + ("models.{model}", "train", "generative"),
+    "ground_truth": DATA + ("models.{model}", "train", "lora", "head_init"),
+    "weak_to_strong": DATA + ("models.{model}", "train", "lora", "head_init", "method_options.{method}"),
+    "validation": DATA + ("models.{model}", "train", "lora", "head_init", "search.val_frac"),
+    "generative": DATA + ("models.{model}", "train", "lora", "generative"),
     "prompting": DATA + ("models.{model}", "train.batch_size", "prompting"),
 }
 

@@ -25,6 +25,7 @@ from w2s_jax import models
 from w2s_jax.models import checkpoints, layers
 from w2s_jax.stage_keys import StageConfig
 from w2s_jax.tracking import Tracker
+from w2s_jax.train import lora
 from w2s_jax.train.fit import TrainConfig
 
 
@@ -40,6 +41,9 @@ class ModelSpec:
   remat: bool | str = "none"  # 'none' | 'full' | 'dots_no_batch' | 'dots' (models.layers.REMAT_POLICIES)
   scan_layers: bool = False  # one nn.scan over the blocks: compiles in a fraction of the time
   generative_finetune: bool = False  # start from its generative stage's backbone (protocol/generative.py)
+  lora_rank: int | None = None  # this model's LoRA; None: config.lora's (w2s_jax/train/lora.py)
+  lora_alpha: float | None = None
+  lora_targets: str | None = None
 
   @classmethod
   def from_view(cls, name: str, view: StageConfig) -> "ModelSpec":
@@ -74,7 +78,9 @@ def train_config(view: StageConfig, model: ModelSpec, loss: str, loss_options: d
       clip_norm=view["train.clip_norm"], loss=loss, loss_kwargs=tuple(sorted(loss_options.items())),
       linear_probe=view["train.linear_probe"], cache_features=view["train.cache_features"],
       bucket=view["train.bucket"], length_buckets=view["train.length_buckets"],
-      length_multiple=view["train.length_multiple"], seed=batch_order_seed)
+      length_multiple=view["train.length_multiple"], seed=batch_order_seed,
+      lora=lora.settings(view.under("lora"), rank=model.lora_rank, alpha=model.lora_alpha,
+                         targets=model.lora_targets))
 
 
 def task_fingerprint(task: str, chess_options: dict[str, Any] | None = None) -> str:

@@ -30,7 +30,7 @@ from w2s_jax import sharding
 from w2s_jax.data import choice_batching
 from w2s_jax.data.choice_batching import ChoiceSet
 from w2s_jax.models.checkpoints import LoadedModel
-from w2s_jax.train import fit as fit_lib
+from w2s_jax.train import fit as fit_lib, lora
 from w2s_jax.train.fit import TrainConfig
 from w2s_jax.train.hooks import Hook
 
@@ -107,6 +107,7 @@ def predict_logits(model: LoadedModel, params: Any, data: ChoiceSet, mesh: Mesh,
   A row packs one example's prompt and all its candidates (one pass scores them all); rows
   are sorted by packed length into batches, so little of a batch is padding.
   """
+  params = lora.full_params(model.params, params)  # LoRA train params (a selection hook's) merged
   step = _score_step(model, params, mesh)
   stream = choice_batching.choice_batches(
       data, batch_size, shuffle=False, seed=0, bucket=True, pad_id=pad_id, length_buckets=length_buckets,
@@ -131,6 +132,7 @@ def greedy_continuations(model: LoadedModel, params: Any, prompts: Sequence[np.n
   prompt + `max_new_tokens` (one compiled shape): fine for the few tokens of a chess move.
   """
   module = model.module
+  params = lora.full_params(model.params, params)
 
   def make(param_shardings):
     def next_token(params, ids, mask, position):

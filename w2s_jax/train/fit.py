@@ -10,6 +10,10 @@ from a `TrainConfig`, and hand them with their batches to `loop.run`; what runs 
 scaled by their sum of weights). The step's logged metrics (accuracy, agreement) are weighted
 means too.
 
+With `cfg.lora` (rank > 0) only low-rank adapters on the backbone's kernels and the head train
+(`w2s_jax.train.lora`); what `train` returns has the same form as full fine-tuning's (the
+adapters merged into the backbone), and the checkpoints written meanwhile hold the adapters only.
+
 `predict_logits` gives class logits in data order (weak labels are their softmax; test AUROC ranks
 by their margin, which float32 probabilities would tie once a model is confident); `features` gives
 pooled features (the cached linear probe trains its head on them).
@@ -27,8 +31,9 @@ from tqdm.auto import tqdm
 
 from w2s_jax import sharding
 from w2s_jax.data.batching import TokenizedSet, batch_order, batches, example_weights, split_boundaries
+from w2s_jax.errors import UserError
 from w2s_jax.models.checkpoints import LoadedModel
-from w2s_jax.train import loop, losses, optim, state as state_lib, steps
+from w2s_jax.train import lora as lora_lib, loop, losses, optim, state as state_lib, steps
 from w2s_jax.train.hooks import Hook
 
 
@@ -46,6 +51,7 @@ class TrainConfig:
   loss: str = "xent"
   loss_kwargs: tuple[tuple[str, Any], ...] = ()
   linear_probe: bool = False    # train only the head
+  lora: lora_lib.LoraConfig = lora_lib.LoraConfig()  # rank > 0: adapters + head train, the backbone is frozen
   cache_features: bool = True   # linear probe: compute pooled features once, train the head on them
   bucket: bool = False          # group examples of similar length into batches (config_base: why off)
   length_buckets: int = 16      # at most this many padded lengths (compiles) per split, fitted to it
@@ -129,6 +135,9 @@ def train_head(model: LoadedModel, cached_features: np.ndarray, labels: np.ndarr
   examples' token counts: with `cfg.bucket`, batches group similar lengths as in `train`.
   `weights` [N]: see the module docstring.
   """
+  if cfg.lora.enabled:
+    raise UserError(f"{desc}: LoRA adapts the backbone, and a head on cached features has none; "
+                    "set lora.rank=0 or train.linear_probe=False")
   cfg = dataclasses.replace(cfg, linear_probe=True, microbatches=1)
   if targets is None:
     targets = np.eye(model.module.num_labels, dtype=np.float32)[labels]
@@ -143,19 +152,32 @@ def train_head(model: LoadedModel, cached_features: np.ndarray, labels: np.ndarr
 def _fit(model: LoadedModel, epoch_batches: Callable[[int], Iterator[dict[str, np.ndarray]]], n_examples: int,
          mesh: Mesh, cfg: TrainConfig, *, on_features: bool, hooks: Sequence[Hook], desc: str,
          logits_fn: Callable | None = None) -> Any:
-  """The optimizer, the sharded state and the jitted step of `cfg`, run by `loop.run`."""
+  """The optimizer, the sharded state and the jitted step of `cfg`, run by `loop.run`.
+
+  With LoRA the state holds the adapters, the head and alpha / r (`lora.adapt`), the frozen backbone is
+  the step's third argument, and what returns is merged into it: the form of full fine-tuning's params.
+  """
   n_steps = total_steps(n_examples, cfg)
+  lora_lib.check(cfg.lora)
+  params, backbone = model.params, None
+  if cfg.lora.enabled:
+    if cfg.linear_probe:
+      raise UserError(f"{desc}: lora.rank={cfg.lora.rank} adapts the backbone, but train.linear_probe trains the "
+                      "head alone; set one of them off (lora.rank=0 or train.linear_probe=False)")
+    # The adapters' init draws from the fit's own seed (the head's init has its own, at load).
+    params, backbone = lora_lib.adapt(model.params, cfg.lora, cfg.seed, mesh)
   tx = optim.make_optimizer(name=cfg.optimizer, lr=cfg.lr, total_steps=n_steps, schedule=cfg.schedule,
                             warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                             clip_norm=cfg.clip_norm)
   loss_fn = losses.get_loss(cfg.loss, **dict(cfg.loss_kwargs))
-  state, state_shardings, trainable = state_lib.create(model.params, tx, mesh, linear_probe=cfg.linear_probe)
+  state, state_shardings, trainable = state_lib.create(params, tx, mesh, linear_probe=cfg.linear_probe)
   step_fn = steps.jit_train_step(
       steps.make_train_step(model.module, tx, loss_fn, total_steps=n_steps, trainable=trainable,
                             microbatches=cfg.microbatches, mesh=mesh, on_features=on_features,
-                            logits_fn=logits_fn),
-      state_shardings, mesh)
-  return loop.run(step_fn, state, epoch_batches, n_steps, mesh, hooks=hooks, desc=desc)
+                            logits_fn=logits_fn, lora=backbone is not None),
+      state_shardings, mesh, backbone=backbone)
+  trained = loop.run(step_fn, state, epoch_batches, n_steps, mesh, hooks=hooks, desc=desc)
+  return lora_lib.full_params(model.params, trained)
 
 
 # Jitted eval steps by (module, mesh, features_only, param shardings): checkpoint selection scores a
@@ -187,6 +209,8 @@ def _eval_step(model: LoadedModel, params: Any, mesh: Mesh, features_only: bool)
 def _inference(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int,
                pad_id: int, features_only: bool, desc: str, length_buckets: int = 16,
                length_multiple: int = 1) -> np.ndarray:
+  # LoRA train params (a selection hook scores them during training) run with their merged backbone.
+  params = lora_lib.full_params(model.params, params)
   eval_step = _eval_step(model, params, mesh, features_only)
   out: np.ndarray | None = None
   stream = batches(data, batch_size, shuffle=False, seed=0, bucket=True, pad_id=pad_id,
@@ -208,7 +232,9 @@ def _inference(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, 
 def predict_logits(model: LoadedModel, params: Any, data: TokenizedSet, mesh: Mesh, *, batch_size: int = 32,
                    pad_id: int = 0, length_buckets: int = 16, length_multiple: int = 1,
                    desc: str = "predict") -> np.ndarray:
-  """Class logits [N, C] float32, in the order of `data` (`softmax` gives the probabilities)."""
+  """Class logits [N, C] float32, in the order of `data` (`softmax` gives the probabilities).
+
+  `params`: the model's, or LoRA train params (`lora.adapt`), merged here into `model.params`' backbone."""
   return _inference(model, params, data, mesh, batch_size=batch_size, pad_id=pad_id, features_only=False,
                     length_buckets=length_buckets, length_multiple=length_multiple, desc=desc)
 

@@ -2,7 +2,9 @@
 
 Only the *trainable* part of the parameters has optimizer state. In linear-probe
 mode that is the head alone, so the backbone carries no Adam moments and no
-gradient is ever computed for it.
+gradient is ever computed for it. With LoRA (`w2s_jax.train.lora`) the state's params
+are the head, the adapters and their constant scale, and the frozen backbone is not in
+the state at all (the step takes it as an argument), so checkpoints do not hold it.
 """
 
 from typing import Any, NamedTuple
@@ -13,21 +15,26 @@ import optax
 from jax.sharding import Mesh
 
 from w2s_jax import sharding
+from w2s_jax.train import lora
 
 
 class TrainState(NamedTuple):
   step: jax.Array  # scalar int32, replicated
-  params: Any      # {"backbone": …, "head": …}
+  params: Any      # {"backbone": …, "head": …}; with LoRA {"head": …, "lora": …, "lora_scale": …}
   opt_state: Any   # optimizer state of the trainable params only
 
 
+# Top-level groups that are constants of the parametrisation, never trained: LoRA's alpha / rank.
+CONSTANTS = (lora.SCALE,)
+
+
 def trainable_keys(params: Any, linear_probe: bool) -> tuple[str, ...]:
-  """Top-level parameter groups that train: the head alone for a linear probe, else all."""
+  """Top-level parameter groups that train: the head alone for a linear probe, else all but the constants."""
   if linear_probe:
     if "head" not in params:
       raise ValueError("linear_probe needs a classifier with a 'head'")
     return ("head",)
-  return tuple(params)
+  return tuple(k for k in params if k not in CONSTANTS)
 
 
 def split_params(params: Any, keys: tuple[str, ...]) -> tuple[dict, dict]:

@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from w2s_jax import sharding
-from w2s_jax.train import metrics as metrics_lib
+from w2s_jax.train import lora as lora_lib, metrics as metrics_lib
 from w2s_jax.train.state import TrainState, split_params
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -48,7 +48,7 @@ def _microbatches(batch: dict[str, jax.Array], num: int, mesh: Mesh | None) -> d
 def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn: LossFn, *,
                     total_steps: int, trainable: tuple[str, ...], microbatches: int = 1,
                     mesh: Mesh | None = None, on_features: bool = False,
-                    logits_fn: Callable | None = None) -> Callable:
+                    logits_fn: Callable | None = None, lora: bool = False) -> Callable:
   """A pure train step for a Classifier; jit it with `jit_train_step`.
 
   loss_fn: loss_fn(logits, targets, weight, progress) -> (loss, aux), e.g. `losses.get_loss(...)`.
@@ -62,7 +62,14 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
   logits_fn: logits_fn(module, params, microbatch) -> logits [B, C], for a module that is not a
     Classifier: a language model scoring candidate completions (`w2s_jax.train.choices`),
     whose [B, K] candidate log-likelihoods every loss above reads as class logits.
+  lora: the state's params are LoRA train params (`lora.adapt`: head, adapters, scale) and the step is
+    `train_step(state, batch, backbone)`: the adapters are merged into the frozen `backbone` inside the
+    loss (W + alpha/r · A·B), so gradients reach the adapters and the head only.
   """
+
+  def model_params(params, backbone):
+    """The params the module takes: with LoRA, the adapters merged into the frozen backbone."""
+    return lora_lib.merged(params, backbone) if lora else params
 
   def logits_of(params, mb):
     if logits_fn is not None:
@@ -71,8 +78,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
       return module.apply({"params": params}, mb["features"], method="classify")
     return module.apply({"params": params}, mb["input_ids"], mb["attention_mask"])
 
-  def weighted_loss(train_params, frozen_params, mb, progress, stats):
-    logits = logits_of({**frozen_params, **train_params}, mb)
+  def weighted_loss(train_params, frozen_params, backbone, mb, progress, stats):
+    logits = logits_of(model_params({**frozen_params, **train_params}, backbone), mb)
     if stats is None:
       loss, aux = loss_fn(logits, mb["targets"], mb["weight"], progress)
     else:
@@ -101,7 +108,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
     logits = logits.reshape(-1, logits.shape[-1])  # [B, C]
     return loss_fn.batch_statistics(logits, targets, weight, progress)
 
-  def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  def train_step(state: TrainState, batch: dict[str, jax.Array],
+                 backbone: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
     train_params, frozen_params = split_params(state.params, trainable)
     progress = state.step.astype(jnp.float32) / max(total_steps, 1)
     # The batch's sum of weights; 1 for padding only (then every sum is 0). Not max(sum, 1): rows
@@ -111,7 +119,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
 
     def accumulate(stats):
       def body(grads_sum, mb):
-        (loss_times_rows, (logits, aux)), grads = grad_fn(train_params, frozen_params, mb, progress, stats)
+        (loss_times_rows, (logits, aux)), grads = grad_fn(train_params, frozen_params, backbone, mb, progress,
+                                                          stats)
         return jax.tree.map(jnp.add, grads_sum, grads), (logits, loss_times_rows, aux)
       return body
 
@@ -123,7 +132,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
     else:
       mbs = _microbatches(batch, microbatches, mesh)
       rows = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), mbs)  # [B, …], microbatch-major
-      stats = whole_batch_statistics(state.params, mbs, rows, progress) if needs_stats else None
+      stats = (whole_batch_statistics(model_params(state.params, backbone), mbs, rows, progress)
+               if needs_stats else None)
       grads_sum, (logits, loss_sums, auxes) = jax.lax.scan(accumulate(stats), zeros, mbs)
       loss_sum = loss_sums.sum()
       # Each aux is a mean over its microbatch's real rows (or the same whole-batch value in all of
@@ -134,7 +144,9 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
                         1.0 / microbatches)  # [M]
       aux = jax.tree.map(lambda v: jnp.einsum("m,m...->...", share, v.astype(jnp.float32)), auxes)
       logits = logits.reshape(-1, logits.shape[-1])
-    grads = jax.tree.map(lambda g: g / n_total, grads_sum)
+    # Keep each gradient in its parameter's dtype: an fp32 divisor would promote bf16 gradients, and with
+    # them the updated bf16 parameters and moments, so the donated state could not be written in place.
+    grads = jax.tree.map(lambda g: (g / n_total).astype(g.dtype), grads_sum)
     updates, opt_state = tx.update(grads, state.opt_state, train_params)
     train_params = optax.apply_updates(train_params, updates)
     new_state = TrainState(state.step + 1, {**frozen_params, **train_params}, opt_state)
@@ -151,10 +163,22 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation, loss_fn
   return train_step
 
 
-def jit_train_step(train_step: Callable, state_shardings: TrainState, mesh: Mesh) -> Callable:
-  """jit with the state's shardings in and out, the batch split over devices, the state donated."""
-  return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+def jit_train_step(train_step: Callable, state_shardings: TrainState, mesh: Mesh, *,
+                   backbone: Any = None) -> Callable:
+  """jit with the state's shardings in and out, the batch split over devices, the state donated.
+
+  backbone: LoRA's frozen backbone (a step made with `lora=True`): passed to every call in its own
+    shardings, never donated; the returned step still takes (state, batch).
+  """
+  out_shardings = (state_shardings, sharding.replicated(mesh))
+  if backbone is None:
+    return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=out_shardings, donate_argnums=0)
+  backbone_shardings = jax.tree.map(lambda x: x.sharding, backbone)
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), backbone_shardings),
+                   out_shardings=out_shardings, donate_argnums=0)
+  # An argument, not a closed-over constant: a constant would be baked into the compiled program.
+  return lambda state, batch: jitted(state, batch, backbone)
 
 
 def make_eval_step(module: nn.Module, mesh: Mesh, param_shardings: Any, *,
