@@ -7,7 +7,8 @@ public datasets format a record only when it is read, so asking for 20,000 examp
 amazon_polarity's 3.6 million formats 20,000, not 3.6 million.
 
 `load_task` adds the two things every task shares: the users' own files
-(`jsonl:PATH`, `csv:PATH`) and the seeded `n_train` / `n_test` / `balance` selection.
+(`jsonl:PATH`, `csv:PATH`), tensorflow-datasets' prepared datasets (`tfds:NAME[:CONFIG]`,
+`tfds_tasks.py`), and the seeded `n_train` / `n_test` / `balance` selection.
 
 The `seed` a builder receives drives its own coin flips (sciq shows the correct answer
 or a distractor at random, as the paper's code does), so a task's labels, like OAI's,
@@ -128,7 +129,8 @@ Builder = Callable[[int], tuple[Split, Split]]
 
 _BUILDERS: dict[str, Builder] = {}
 
-FILE_PREFIXES = ("jsonl:", "csv:", "lichess:")
+# Prefixes that name a source rather than a registered task (a registered name may not take one).
+FILE_PREFIXES = ("jsonl:", "csv:", "lichess:", "tfds:")
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
@@ -159,11 +161,11 @@ def task_names() -> list[str]:
 def load_task(name: str, *, n_train: int | None = None, n_test: int | None = None,
               seed: int = 0, balance: bool = False, csv_text_column: str = "text",
               csv_label_column: str = "label", chess_options: dict | None = None,
-              at_most: bool = True) -> TaskData:
+              at_most: bool = True, tfds_data_dir: str | None = None) -> TaskData:
   """Builds a task and selects its examples.
 
   Args:
-    name: a registered task name, or `jsonl:PATH`, or `csv:PATH`.
+    name: a registered task name, or `jsonl:PATH`, or `csv:PATH`, or `tfds:NAME[:CONFIG]`.
     n_train: keep this many training examples (a seeded random subset; None: all).
     n_test: the same for the test split.
     seed: drives the task's own coin flips and the subset selection.
@@ -175,6 +177,8 @@ def load_task(name: str, *, n_train: int | None = None, n_test: int | None = Non
       the prompt format, `w2s_jax.data.chess.ChessOptions` fields.
     at_most: a split with fewer usable examples than `n_*` is used whole (True) or is an error
       (False: a sweep's default, `config.n_at_most`).
+    tfds_data_dir: where `tfds:` tasks' prepared datasets lie (None: $TFDS_DATA_DIR, else
+      ~/tensorflow_datasets).
 
   Returns:
     the TaskData; each split is ordered by uid.
@@ -192,11 +196,15 @@ def load_task(name: str, *, n_train: int | None = None, n_test: int | None = Non
                       "label is one of its legal moves): set balance=False")
     from w2s_jax.data import chess  # python-chess is imported only for chess tasks
     train, test = chess.chess_task(name, **(chess_options or {}))
+  elif name.startswith("tfds:"):
+    from w2s_jax.data import tfds_tasks  # tensorflow-datasets is imported only for tfds tasks
+    train, test = tfds_tasks.tfds_task(name, seed, data_dir=tfds_data_dir)
   else:
     _register_public_tasks()
     if name not in _BUILDERS:
       raise UserError(f"unknown task {name!r}: use one of {', '.join(sorted(_BUILDERS))}, "
-                      "or jsonl:PATH / csv:PATH for your own data")
+                      "or jsonl:PATH / csv:PATH for your own data, or tfds:NAME[:CONFIG] for a prepared "
+                      "tensorflow-datasets dataset")
     train, test = _BUILDERS[name](seed)
   # The two splits get different selection seeds so that equal-sized splits of one
   # source do not pick the same rows.
