@@ -6,7 +6,8 @@
 Finished stages in WORKDIR are loaded, not recomputed (`--force` redoes them); an
 interrupted stage resumes from its last checkpoint. On several hosts, start the same
 command on each with `--distributed` (jax.distributed.initialize reads the cluster
-from the environment: TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS & co.).
+from the environment: TPU pods, SLURM, or JAX_COORDINATOR_ADDRESS & co.), with a
+workdir every host shares: a shared filesystem or gs://bucket/path (docs/multihost.md).
 """
 
 import os
@@ -20,7 +21,8 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where stages, checkpoints and results go.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where stages, checkpoints and results go: a directory, or "
+                                "gs://bucket/path (on several hosts, one that every host shares).")
 _FORCE = flags.DEFINE_bool("force", False, "Recompute finished stages instead of loading them.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 _LIST_METHODS = flags.DEFINE_bool("list_methods", False, "Print every registered method, one line each, and exit.")
@@ -46,7 +48,7 @@ def main(argv):
   os.environ.setdefault("WANDB_SILENT", "true")
   try:
     import jax
-    from w2s_jax import offline
+    from w2s_jax import artifacts, offline
     # Compiled steps persist across stages and runs (a GPT-2 step takes ~20 s to compile on CPU).
     jax.config.update("jax_compilation_cache_dir", str(offline.cache_root() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -62,7 +64,7 @@ def main(argv):
       from w2s_jax.protocol import search
       search.run(_CONFIG.value, _WORKDIR.value, force=_FORCE.value)
       if jax.process_index() == 0:
-        print((Path(_WORKDIR.value) / "search.md").read_text())
+        print((artifacts.as_path(_WORKDIR.value) / "search.md").read_text())
       return 0
     sweep.run(_CONFIG.value, _WORKDIR.value, force=_FORCE.value)
   except UserError as e:
@@ -77,8 +79,9 @@ def main(argv):
           file=sys.stderr)
     return 130
   if jax.process_index() == 0:
-    print((Path(_WORKDIR.value) / "results.md").read_text())
-    print(f"results: {Path(_WORKDIR.value) / 'results.json'}")
+    workdir = artifacts.as_path(_WORKDIR.value)  # gs://bucket/path too (pathlib would make it gs:/bucket/path)
+    print((workdir / "results.md").read_text())
+    print(f"results: {workdir / 'results.json'}")
   return 0
 
 

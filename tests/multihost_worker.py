@@ -7,7 +7,9 @@ Every process trains the same tiny model on its own rows of each global batch (g
 all-reduces the gradients between processes), predicts the test split, and writes its
 loss curves and predictions to OUT.json with `.processI` inserted before the suffix.
 With --pipeline_workdir=W --strong_dir=S instead of --out, the processes run a whole W2S
-sweep (`protocol.sweep.run`) into W (process 0 writes results.json).
+sweep (`protocol.sweep.run`) into W (process 0 writes results.json); `{process_id}` in W gives
+each process a workdir of its own (hosts with local disks: refused at start-up). A UserError
+ends the worker as launch/main.py ends: `error: <its line>` on stderr and exit status 1.
 
 `fine_tune_and_predict` and `pipeline_config` are the experiments themselves; the test runs
 them in one process too, so the two runs differ only in how many processes share the mesh.
@@ -70,10 +72,12 @@ def fine_tune_and_predict(model_dir: str, task_path: str) -> dict[str, list]:
   return result
 
 
-def pipeline_config(weak_dir: str, strong_dir: str, task_path: str):
-  """A one-pair, one-loss W2S sweep on the mesh above, small enough for a multi-host test."""
+def pipeline_config(weak_dir: str, strong_dir: str, task_path: str, *, linear_probe: bool = False):
+  """A one-pair, one-loss W2S sweep on the mesh above, small enough for a multi-host test; with
+  `linear_probe`, both models are probes on cached features (features stages, head-only fits)."""
   from w2s_jax.config_base import base, finalize, model
   c = base()
+  c.train.linear_probe = linear_probe
   c.task = f"jsonl:{task_path}"
   c.n_train, c.n_test, c.max_length = None, None, MAX_LENGTH
   c.models.update(dict(weak=model(weak_dir, 3e-4), strong=model(strong_dir, 3e-3)))
@@ -97,6 +101,9 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--out", help="fine-tune mode: where the results go (JSON)")
   parser.add_argument("--pipeline_workdir", help="pipeline mode: run a W2S sweep into this workdir")
   parser.add_argument("--strong_dir", help="pipeline mode: the strong model (--model_dir is the weak one)")
+  parser.add_argument("--probe_workdir", help="pipeline mode: then the same sweep as linear probes, into this workdir")
+  parser.add_argument("--rerun", action="store_true",
+                      help="pipeline mode: then rerun the first sweep, which loads every stage it finished")
   args = parser.parse_args(argv)
 
   sys.path.insert(0, str(REPO))  # run as a script: make `w2s_jax` importable from the checkout
@@ -111,9 +118,21 @@ def main(argv: list[str]) -> None:
                              coordinator_bind_address=f"127.0.0.1:{args.port}", initialization_timeout=120)
   assert jax.process_count() == args.num_processes and jax.local_device_count() == LOCAL_DEVICES
 
+  status = 0
   if args.pipeline_workdir:
+    from w2s_jax.errors import UserError
     from w2s_jax.protocol import sweep
-    sweep.run(pipeline_config(args.model_dir, args.strong_dir, args.task), args.pipeline_workdir)
+    try:
+      sweep.run(pipeline_config(args.model_dir, args.strong_dir, args.task),
+                args.pipeline_workdir.format(process_id=args.process_id))
+      if args.probe_workdir:
+        sweep.run(pipeline_config(args.model_dir, args.strong_dir, args.task, linear_probe=True), args.probe_workdir)
+      if args.rerun:
+        sweep.run(pipeline_config(args.model_dir, args.strong_dir, args.task),
+                  args.pipeline_workdir.format(process_id=args.process_id))
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr)
+      status = 1
   else:
     result = fine_tune_and_predict(args.model_dir, args.task)
     result |= {"process_index": jax.process_index(), "process_count": jax.process_count(),
@@ -121,6 +140,7 @@ def main(argv: list[str]) -> None:
     out = Path(args.out)
     out.with_suffix(f".process{args.process_id}{out.suffix}").write_text(json.dumps(result))
   jax.distributed.shutdown()
+  sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,10 @@ MODEL_DEFAULTS = dict(microbatches=1, pooling=None, dtype="float32", remat="none
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "sciq"           # a registered task, or jsonl:PATH / csv:PATH
+  c.task = "sciq"           # a registered task, or jsonl:PATH / csv:PATH, or tfds:NAME[:CONFIG]
+  # Where tfds:NAME tasks read datasets prepared by `tfds build ... --file_format=array_record`
+  # (None: $TFDS_DATA_DIR, else ~/tensorflow_datasets; a gs:// path works).
+  c.tfds_data_dir = ml_collections.FieldReference(None, field_type=str)
   c.n_train = 20_000        # examples of the train split (halved into A and B)
   c.n_test = 10_000
   # False: n_train / n_test examples exactly (a split with fewer is an error that says how many it

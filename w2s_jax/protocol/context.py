@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from w2s_jax import seeds as seeds_lib, sharding, stage_keys
+from w2s_jax import artifacts, seeds as seeds_lib, sharding, stage_keys
 from w2s_jax.artifacts import Stage, StageStore
 from w2s_jax.data import splits, tasks
 from w2s_jax.errors import UserError
@@ -83,17 +83,21 @@ def train_config(view: StageConfig, model: ModelSpec, loss: str, loss_options: d
                          targets=model.lora_targets))
 
 
-def task_fingerprint(task: str, chess_options: dict[str, Any] | None = None) -> str:
+def task_fingerprint(task: str, chess_options: dict[str, Any] | None = None, tfds_data_dir: str | None = None) -> str:
   """Users' files enter the cache key by content, so an edited file is never served stale results.
 
   A chess task's fingerprint also holds `config.chess` (its filters and prompt format): those
   fields change only chess stages, so they enter only chess tasks' keys (stage_keys.RUNTIME_ONLY).
   The Lichess database (a gigabyte) is fingerprinted like a checkpoint, by size and samples.
+  A tfds task's is its prepared version and a hash of its dataset_info.json and features.json.
   """
   if task.startswith(("jsonl:", "csv:")):
     path = Path(task.split(":", 1)[1]).expanduser()
     if path.exists():
       return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+  if task.startswith("tfds:"):
+    from w2s_jax.data import tfds_tasks  # tensorflow-datasets is imported only for tfds tasks
+    return tfds_tasks.fingerprint(task, tfds_data_dir)
   if tasks.is_chess_task(task):
     options = json.dumps(chess_options or {}, sort_keys=True, default=list)
     path = Path(task.removeprefix("lichess:")).expanduser()
@@ -193,9 +197,9 @@ class StageResult:
 class Context:
   """One sweep's shared state, in one workdir."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool = False):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: artifacts.PathLike, *, force: bool = False):
     self.config = config
-    self.workdir = Path(workdir)
+    self.workdir = artifacts.as_path(workdir)  # local, or gs://
     self.force = force
     self.models = model_specs(config)
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -216,7 +220,8 @@ class Context:
   def load_data(self, seed: int) -> SeedData:
     c = self.config
     task = tasks.load_task(c.task, n_train=c.n_train, n_test=c.n_test, seed=self.subsample_seed(seed),
-                           balance=c.balance, chess_options=c.chess.to_dict(), at_most=c.n_at_most)
+                           balance=c.balance, chess_options=c.chess.to_dict(), at_most=c.n_at_most,
+                           tfds_data_dir=c.tfds_data_dir)
     half_a, half_b = splits.split_halves(task.train, seeds_lib.derive(seed, "split"))
     return SeedData(seed, task, half_a, half_b)
 
@@ -252,7 +257,8 @@ class Context:
     values = stage_keys.config_values(self.config, kind, model=model, methods=methods)
     # Content hashes are taken once per run: a large data file is read once, not once per stage.
     if "task" not in self._fingerprints:
-      self._fingerprints["task"] = task_fingerprint(self.config.task, self.config.chess.to_dict())
+      self._fingerprints["task"] = task_fingerprint(self.config.task, self.config.chess.to_dict(),
+                                                    self.config.tfds_data_dir)
     if model not in self._fingerprints:
       self._fingerprints[model] = checkpoint_fingerprint(self.models[model].checkpoint)
     spec = {"version": stage_keys.VERSIONS[kind], "config": stage_keys.keyed(values), "model_name": model,
@@ -272,7 +278,8 @@ class Context:
     if stage.key in self._finished:
       return self._finished[stage.key]
     if self.force:
-      if stage.saved():
+      # Process 0 decides for every process: a host that cleared a stage the others resume would train alone.
+      if artifacts.decided_by_process_0(stage.saved, f"check stage {stage.directory.name}"):
         stage.clear()
       return None
     loaded = stage.load_if_intact()

@@ -15,14 +15,22 @@ twice (with and without) puts both students in one results.md, side by side. The
 per seed (half B is), cached like every stage, and its fine-tuned backbone is saved in the
 stage's directory; the stages that start from it hold its key in theirs. `config.generative`
 sets its epochs and learning rate.
+
+On a gs:// workdir the backbone goes through a local temporary file both ways (safetensors reads and
+writes local files only): written there, then uploaded; downloaded by every host, then read.
 """
 
+import contextlib
 import dataclasses
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
 import safetensors
+from etils import epath
 from jax.experimental import multihost_utils
 
 from w2s_jax import artifacts, seeds, sharding
@@ -57,29 +65,56 @@ def _flat(tree) -> dict[str, jax.Array]:
   return {sharding.path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def save_backbone(params, path: Path) -> None:
+@contextlib.contextmanager
+def _local_copy(path: epath.Path, *, upload: bool) -> Iterator[Path]:
+  """`path` itself if local; else a temporary local file, downloaded from `path` first or uploaded to it after."""
+  if artifacts.is_local(path):
+    yield Path(path)
+    return
+  with tempfile.TemporaryDirectory(prefix="w2s_jax-backbone-") as tmp:
+    local = Path(tmp) / path.name
+    if not upload:
+      with path.open("rb") as src, open(local, "wb") as dst:
+        shutil.copyfileobj(src, dst, length=1 << 24)
+    yield local
+    if upload:  # a cut upload is no finished stage: its checksums.json records the whole file's SHA-256
+      with open(local, "rb") as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst, length=1 << 24)
+
+
+def save_backbone(params, path: artifacts.PathLike) -> None:
   """The backbone's parameters as float32 safetensors, one tensor at a time (gathered from every host)."""
+  path = artifacts.as_path(path)
   flat = _flat(params)
   shapes = {name: tuple(leaf.shape) for name, leaf in flat.items()}
   tensors = ((name, np.asarray(multihost_utils.process_allgather(leaf, tiled=True))) for name, leaf in flat.items())
+  failure = None
   if jax.process_index() == 0:
     try:
       path.parent.mkdir(parents=True, exist_ok=True)
-      save_float32_safetensors(path, shapes, tensors)
+      with _local_copy(path, upload=True) as local:
+        save_float32_safetensors(local, shapes, tensors)
     except OSError as e:  # a full disk: one line; the stage is unfinished until its checksums.json lands
-      raise artifacts.write_error(path, e) from None
+      failure = artifacts.write_error(path, e)
   else:
     for _ in tensors:  # every host takes part in each gather
       pass
-  multihost_utils.sync_global_devices(f"saved {path}")
+
+  def told() -> None:
+    if failure is not None:
+      raise failure
+
+  # A barrier: no host reads the backbone before it is whole, and a failed save stops every host.
+  artifacts.on_process_0(told, f"save {path}")
 
 
-def with_backbone(model: LoadedModel, path: Path) -> LoadedModel:
+def with_backbone(model: LoadedModel, path: artifacts.PathLike) -> LoadedModel:
   """`model` with its backbone's parameters read from `path` (a generative stage's), placed in the same
   shardings. A classifier reads every backbone tensor it has; an untied LM head it lacks is left out."""
+  path = artifacts.as_path(path)
   flat = _flat(model.params["backbone"])
   loaded = {}
-  with safetensors.safe_open(str(path), framework="np") as f:
+  with _local_copy(path, upload=False) as local, safetensors.safe_open(str(local), framework="np") as f:
     names = set(f.keys())
     missing = sorted(set(flat) - names)
     if missing:
@@ -101,7 +136,8 @@ def generative(ctx: Context, name: str, data: SeedData) -> StageResult:
   stage, view = ctx.stage("generative", model=name, seed=seed, trained_on="half_b_and_test_inputs")
   model = ModelSpec.from_view(name, view)
   cached = ctx.load_or_clear(stage)
-  if cached is not None and (stage.directory / BACKBONE_FILE).exists():
+  if cached is not None and artifacts.decided_by_process_0((stage.directory / BACKBONE_FILE).exists,
+                                                           f"check {stage.directory / BACKBONE_FILE}"):
     return StageResult(stage, *cached)
   if view["train.linear_probe"]:
     raise UserError(f"config.models.{name}.generative_finetune: generative finetuning changes the backbone, "
@@ -133,7 +169,7 @@ def generative(ctx: Context, name: str, data: SeedData) -> StageResult:
   return StageResult(stage, result, {})
 
 
-def backbone_of(ctx: Context, model: ModelSpec, data: SeedData) -> tuple[Stage | None, Path | None]:
+def backbone_of(ctx: Context, model: ModelSpec, data: SeedData) -> tuple[Stage | None, epath.Path | None]:
   """The generative stage a model starts from and its backbone file; (None, None) without it."""
   if not model.generative_finetune:
     return None, None

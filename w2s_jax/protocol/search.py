@@ -22,10 +22,8 @@ one-point difference.
 import itertools
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -162,7 +160,7 @@ def markdown(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool = False) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: artifacts.PathLike, *, force: bool = False) -> dict[str, Any]:
   """Every model at every grid point for every search seed; writes search.json and search.md."""
   start = time.time()
   config_check.check(config)
@@ -175,7 +173,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool =
     return _run(config, workdir, force=force, start=start, points=points, order=order)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool, start: float,
+def _run(config: ml_collections.ConfigDict, workdir: artifacts.PathLike, *, force: bool, start: float,
          points: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
   rows, trained = [], 0
   for name in order:
@@ -191,8 +189,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool,
              "chosen": choose(summary, order), "trained_stages": trained, "wall_s": time.time() - start}
   results["overrides"] = overrides(results["chosen"])
   results = redaction.redact(results)
-  if jax.process_index() == 0:
-    out = Path(workdir)
+  out = artifacts.as_path(workdir)
+
+  def write() -> None:
     artifacts.write_json(out / "search.json", results, indent=1, default=str)
     artifacts.write_file(out / "search.md", markdown(results))
+
+  artifacts.on_process_0(write, "write search.json and search.md")
   return results

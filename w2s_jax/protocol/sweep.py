@@ -9,10 +9,8 @@ costs only what is not yet done. `plan` checks the whole config before anything 
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -177,19 +175,22 @@ def run_seed(ctx: Context, p: Plan, data: SeedData) -> tuple[list[dict], list[di
   return runs, chains, model_rows(ctx, p, data, gt)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path, *, force: bool = False) -> dict[str, Any]:
-  """Plan, run every seed, write results.json / results.md / plots; returns the results."""
+def run(config: ml_collections.ConfigDict, workdir: artifacts.PathLike, *, force: bool = False) -> dict[str, Any]:
+  """Plan, run every seed, write results.json / results.md / plots; returns the results.
+
+  `workdir`: a local directory or gs://bucket/path, shared by every host of a multi-host run (`workdir.claim`
+  refuses one they do not share)."""
   start = time.time()
   p = plan(config)  # a bad config is refused before the workdir is touched
   with workdir_lib.claim(workdir):
     return _run(config, p, workdir, force=force, start=start)
 
 
-def _run(config: ml_collections.ConfigDict, p: Plan, workdir: str | Path, *, force: bool,
+def _run(config: ml_collections.ConfigDict, p: Plan, workdir: artifacts.PathLike, *, force: bool,
          start: float) -> dict[str, Any]:
   ctx = Context(config, workdir, force=force)
-  if jax.process_index() == 0:
-    artifacts.write_json(ctx.workdir / "config.json", redaction.redact(config.to_dict()), indent=1, default=str)
+  artifacts.on_process_0(lambda: artifacts.write_json(ctx.workdir / "config.json", redaction.redact(config.to_dict()),
+                                                      indent=1, default=str), "write config.json")
   runs, chains, models = [], [], []
   for seed in p.seeds:
     seed_runs, seed_chains, seed_models = run_seed(ctx, p, ctx.load_data(seed))
@@ -208,7 +209,7 @@ def _run(config: ml_collections.ConfigDict, p: Plan, workdir: str | Path, *, for
              "min_gap_examples": min_gap_examples, "chains": chains, "chain_summary": report.summarize_chains(chains),
              "models": models, "model_summary": report.summarize_models(models),
              "wall_s": time.time() - start, "trained_stages": ctx.trained_stages, "workdir": str(ctx.workdir)}
-  if jax.process_index() == 0:
-    report.write(redaction.redact(results), ctx.workdir)
+  # Every process returns once the report is written: a caller on any host may read it.
+  artifacts.on_process_0(lambda: report.write(redaction.redact(results), ctx.workdir), "write the report")
   ctx.tracker.close()
   return results

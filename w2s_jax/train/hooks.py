@@ -49,16 +49,16 @@ import logging
 import math
 import os
 import re
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from w2s_jax import artifacts
 from w2s_jax.errors import UserError
 from w2s_jax.train.state import TrainState
 
@@ -177,7 +177,14 @@ class _HeldLogRecords(logging.Filter):
     self.records = []
 
 
-def _write_error(error: BaseException, directory: Path, what: str, resume: str) -> UserError | None:
+def orbax_directory(directory: artifacts.PathLike) -> epath.Path:
+  """The directory as orbax takes it: an epath.Path (orbax writes gs:// itself, through tensorstore), made absolute
+  if local (orbax refuses a relative one)."""
+  directory = artifacts.as_path(directory)
+  return directory.absolute() if artifacts.is_local(directory) else directory
+
+
+def _write_error(error: BaseException, directory: epath.Path, what: str, resume: str) -> UserError | None:
   """The one-line UserError for a write that failed for a reason the user can fix (a full disk, a read-only
   directory), None for any other failure.
 
@@ -211,7 +218,7 @@ class Checkpointing(Hook):
   (or on a read-only directory) is a one-line UserError naming the directory; the previous save is kept
   and a rerun resumes from it.
   """
-  directory: Path
+  directory: artifacts.PathLike  # local, or gs:// (orbax writes there natively)
   every: int = 0
   _manager: ocp.CheckpointManager | None = dataclasses.field(default=None, init=False, repr=False)
 
@@ -224,7 +231,7 @@ class Checkpointing(Hook):
     # directory, which orbax never reads but would otherwise keep on disk (a whole train state).
     options = ocp.CheckpointManagerOptions(max_to_keep=1, save_interval_steps=max(self.every, 1),
                                            enable_async_checkpointing=False, cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(Path(self.directory).absolute(), options=options)
+    self._manager = ocp.CheckpointManager(orbax_directory(self.directory), options=options)
     latest = self._manager.latest_step()
     if latest is None:
       return state
@@ -259,7 +266,7 @@ class Checkpointing(Hook):
       with held:
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     except Exception as e:  # orbax's own errors are of many types: keep those a user can fix, re-raise the rest
-      error = _write_error(e, Path(self.directory).absolute(), f"the checkpoint of step {step}",
+      error = _write_error(e, orbax_directory(self.directory), f"the checkpoint of step {step}",
                            "the start of this stage" if previous is None else f"its checkpoint at step {previous}")
       if error is None:
         held.release()
@@ -281,7 +288,7 @@ class BestCheckpoint(Hook):
   """
   score_fn: Callable[[Any], float]
   every: int
-  directory: Path | None = None
+  directory: artifacts.PathLike | None = None
   best_step: int = -1
   best_score: float = -math.inf
   best_params: Any = None
@@ -291,8 +298,8 @@ class BestCheckpoint(Hook):
     if self.every <= 0:
       raise ValueError(f"evaluate every {self.every} steps: must be positive")
 
-  def _root(self) -> Path:
-    return Path(self.directory).absolute()
+  def _root(self) -> epath.Path:
+    return orbax_directory(self.directory)
 
   def on_start(self, state: TrainState, abstract_state: TrainState) -> TrainState:
     """Reload what a previous, interrupted run of the same stage had selected (if anything), and score the
@@ -350,12 +357,10 @@ class BestCheckpoint(Hook):
       if params_too:
         with ocp.StandardCheckpointer() as checkpointer:
           checkpointer.save(root / params_name, self.best_params, force=True)
-      if jax.process_index() == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / "best.json.tmp"
-        tmp.write_text(json.dumps({"best_step": self.best_step, "best_score": self.best_score,
-                                   "history": self.history, "params": params_name}))
-        tmp.replace(root / "best.json")
+      if jax.process_index() == 0:  # whole or not at all, locally (a rename) and on gs:// (one upload)
+        artifacts.write_atomic(root / "best.json", json.dumps({"best_step": self.best_step,
+                                                               "best_score": self.best_score,
+                                                               "history": self.history, "params": params_name}))
     except Exception as e:
       error = _write_error(e, root, "the selected parameters", "its last checkpoint")
       if error is None:
@@ -369,4 +374,4 @@ class BestCheckpoint(Hook):
       return
     for path in self._root().iterdir():
       if path.name.startswith("best_params") and path.name != params_name:
-        shutil.rmtree(path, ignore_errors=True)
+        artifacts.remove_tree(path)
