@@ -1,6 +1,7 @@
 """report.py: PGR's arithmetic, the summaries over seeds and the paper-code aggregation, with hand-computed numbers."""
 
 import json
+import os
 import math
 
 import numpy as np
@@ -258,7 +259,7 @@ def test_plot_when_every_value_is_undefined(tmp_path):
   for field in ("weak_acc", "strong_acc", "w2s_acc"):
     results["summary"][0][field] = report._spread([None])
   paths = report.plot(results, tmp_path)
-  assert [p.name for p in paths] == ["accuracy.png", "pgr.png"] and all(p.stat().st_size > 0 for p in paths)
+  assert [p.name for p in paths] == ["accuracy.png", "pgr.png"] and all(os.path.getsize(p) > 0 for p in paths)
 
 
 # --- methods compared ------------------------------------------------------------------------------------------
