@@ -74,6 +74,23 @@ def path_str(path: tuple[Any, ...]) -> str:
   return "/".join(parts)
 
 
+def flatten_by_path(tree: Any) -> dict[str, Any]:
+  """{path_str(path): leaf} of a pytree's leaves."""
+  return {path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def nest_by_path(flat: dict[str, Any]) -> dict[str, Any]:
+  """The inverse of `flatten_by_path` for nested dicts: {'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
+  tree: dict[str, Any] = {}
+  for name, leaf in flat.items():
+    *parents, last = name.split("/")
+    node = tree
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[last] = leaf
+  return tree
+
+
 def fsdp_spec(shape: Sequence[int], fsdp_size: int) -> P:
   """Shard the largest dimension divisible by the fsdp axis size; replicate small tensors."""
   if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:  # read at call: tests lower it

@@ -167,21 +167,6 @@ def init_params(module: nn.Module, rng: jax.Array, mesh: jax.sharding.Mesh,
   return init(rng)
 
 
-def _flatten(tree: Any) -> dict[str, Any]:
-  return {sharding.path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, leaf in flat.items():
-    node = tree
-    *parents, last = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = leaf
-  return tree
-
-
 def _resolve_names(reader: CheckpointReader, wanted: list[str], prefixes: tuple[str, ...],
                    legacy_names: tuple[tuple[str, str], ...] = ()) -> tuple[dict, str]:
   """Find the prefix under which the checkpoint stores the backbone ('transformer.', 'model.', '' …).
@@ -232,8 +217,8 @@ def load_backbone_params(directory: Path, config: Any, abstract_backbone: Any, s
     sources = _stack_layer_table(table)
   else:
     sources = {path: [source] for path, source in table.items()}
-  flat_abstract = _flatten(abstract_backbone)
-  flat_shardings = _flatten(shardings_backbone)
+  flat_abstract = sharding.flatten_by_path(abstract_backbone)
+  flat_shardings = sharding.flatten_by_path(shardings_backbone)
   unmapped = sorted(set(flat_abstract) - set(sources))
   assert not unmapped, f"hf_tensor_map of {arch.__name__} misses our parameters {unmapped[:5]}"
 
@@ -275,7 +260,7 @@ def load_backbone_params(directory: Path, config: Any, abstract_backbone: Any, s
       (hf_name, transform), = sources[path]
       value = np.asarray(read(hf_name, transform, path, tuple(abstract.shape)), dtype=abstract.dtype)
     loaded[path] = sharding.put_host_array(value, flat_shardings[path])
-  return _unflatten(loaded)
+  return sharding.nest_by_path(loaded)
 
 
 @dataclasses.dataclass

@@ -61,10 +61,6 @@ def _per_token_nll(model: LoadedModel, params, data: choice_batching.ChoiceSet, 
   return float(-logprob[:, 0].sum() / tokens)
 
 
-def _flat(tree) -> dict[str, jax.Array]:
-  return {sharding.path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 @contextlib.contextmanager
 def _local_copy(path: epath.Path, *, upload: bool) -> Iterator[Path]:
   """`path` itself if local; else a temporary local file, downloaded from `path` first or uploaded to it after."""
@@ -85,7 +81,7 @@ def _local_copy(path: epath.Path, *, upload: bool) -> Iterator[Path]:
 def save_backbone(params, path: artifacts.PathLike) -> None:
   """The backbone's parameters as float32 safetensors, one tensor at a time (gathered from every host)."""
   path = artifacts.as_path(path)
-  flat = _flat(params)
+  flat = sharding.flatten_by_path(params)
   shapes = {name: tuple(leaf.shape) for name, leaf in flat.items()}
   tensors = ((name, np.asarray(multihost_utils.process_allgather(leaf, tiled=True))) for name, leaf in flat.items())
   failure = None
@@ -112,7 +108,7 @@ def with_backbone(model: LoadedModel, path: artifacts.PathLike) -> LoadedModel:
   """`model` with its backbone's parameters read from `path` (a generative stage's), placed in the same
   shardings. A classifier reads every backbone tensor it has; an untied LM head it lacks is left out."""
   path = artifacts.as_path(path)
-  flat = _flat(model.params["backbone"])
+  flat = sharding.flatten_by_path(model.params["backbone"])
   loaded = {}
   with _local_copy(path, upload=False) as local, safetensors.safe_open(str(local), framework="np") as f:
     names = set(f.keys())

@@ -95,27 +95,11 @@ def _adaptable(name: str, shape: tuple[int, ...]) -> bool:
   return n_out >= 1 and len(shape) >= 2
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-  return {sharding.path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-  """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
-  tree: dict[str, Any] = {}
-  for name, leaf in flat.items():
-    *parents, last = name.split("/")
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[last] = leaf
-  return tree
-
-
 def targeted(backbone: Any, cfg: LoraConfig) -> dict[str, Any]:
   """{backbone path: kernel} of the kernels `cfg.targets` matches (matched against 'backbone/' + path);
   a UserError if it matches none."""
   pattern = check(cfg)
-  flat = _flat(backbone)
+  flat = sharding.flatten_by_path(backbone)
   kernels = {name: leaf for name, leaf in flat.items() if _adaptable(name, tuple(leaf.shape))}
   chosen = {name: leaf for name, leaf in kernels.items() if pattern.search(f"backbone/{name}")}
   if not chosen:
@@ -154,7 +138,7 @@ def abstract_adapters(backbone: Any, cfg: LoraConfig) -> dict[str, Any]:
   for name, (a_shape, b_shape) in adapter_shapes(backbone, cfg).items():
     flat[f"{name}/a"] = jax.ShapeDtypeStruct(a_shape, jnp.float32)
     flat[f"{name}/b"] = jax.ShapeDtypeStruct(b_shape, jnp.float32)
-  return _nest(flat)
+  return sharding.nest_by_path(flat)
 
 
 def init_adapters(backbone: Any, cfg: LoraConfig, seed: int, mesh: Mesh) -> dict[str, Any]:
@@ -166,7 +150,7 @@ def init_adapters(backbone: Any, cfg: LoraConfig, seed: int, mesh: Mesh) -> dict
   random-number program is compiled (threefry for a dozen shapes took 4-5 s on this CPU). Adapters
   are small (fan_in x r), so the host copy costs nothing.
   """
-  kernels = _flat(backbone)
+  kernels = sharding.flatten_by_path(backbone)
   flat = {}
   for i, (name, (a_shape, b_shape)) in enumerate(sorted(adapter_shapes(backbone, cfg).items())):
     kernel = kernels[name]
@@ -178,7 +162,7 @@ def init_adapters(backbone: Any, cfg: LoraConfig, seed: int, mesh: Mesh) -> dict
     b = np.zeros(b_shape, np.float32)
     flat[f"{name}/a"] = sharding.put_host_array(a, NamedSharding(mesh, a_spec))
     flat[f"{name}/b"] = sharding.put_host_array(b, NamedSharding(mesh, b_spec))
-  return _nest(flat)
+  return sharding.nest_by_path(flat)
 
 
 def adapt(params: Any, cfg: LoraConfig, seed: int, mesh: Mesh) -> tuple[dict[str, Any], Any]:
@@ -195,7 +179,7 @@ def adapt(params: Any, cfg: LoraConfig, seed: int, mesh: Mesh) -> tuple[dict[str
 
 def merge(backbone: Any, adapters: Any, scale: jax.Array) -> Any:
   """The backbone with W + scale · A·B at every adapted kernel (same tree, shapes and dtypes)."""
-  flat = _flat(adapters)
+  flat = sharding.flatten_by_path(adapters)
 
   def one(path, kernel):
     name = sharding.path_str(path)
