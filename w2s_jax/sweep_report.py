@@ -25,6 +25,7 @@ import json
 import math
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from etils import epath
@@ -347,8 +348,19 @@ def upload(sweep: Sweep, figures: list[Figure], *, mode: str, entity: str | None
     run.finish()
   run = wandb.init(id=result_run_id(sweep.group, {"weak": "", "strong": "", "method": FIGURES_JOB, "seed": -1}),
                    name=f"report:{sweep.group}", job_type=FIGURES_JOB, **common)
-  run.log({f"figures/{f.key}": wandb.Image(str(f.path), caption=f.caption) for f in figures})
+  run.log({f"figures/{f.key}": wandb.Image(str(_local_copy(f.path, directory / REPORT_DIR)), caption=f.caption)
+           for f in figures})
   run.finish()
+
+
+def _local_copy(path: epath.Path, directory: Path) -> Path:
+  """`path` itself if local, else a copy in `directory`: wandb.Image reads local files only (a gs:// workdir)."""
+  if artifacts.is_local(path):
+    return Path(path)
+  directory.mkdir(parents=True, exist_ok=True)
+  copy = directory / path.name
+  copy.write_bytes(path.read_bytes())
+  return copy
 
 
 def _runset(wr, expr, sweep: Sweep, entity: str, name: str, *filters):
@@ -399,7 +411,10 @@ def build(sweep: Sweep, figures: list[Figure], *, entity: str):
                                                          baseline=results.get("comparison_baseline"))),
              wr.H2(SECTIONS["heatmap"]),
              wr.PanelGrid(runsets=[figures_run], panels=[media("heatmap")]),
-             wr.H2(SECTIONS["curves"])]
+             wr.H2(SECTIONS["curves"]),
+             wr.P("The figures below are drawn from metrics.jsonl, so they show even where the stage runs were "
+                  "logged offline and never synced; the line plots after them are W&B's own, over the stage runs."),
+             wr.PanelGrid(runsets=[figures_run], panels=[media("curves")])]
   for kind in sweep.stage_kinds:
     metrics = [m for m in CURVE_METRICS if any(m in line for line in sweep.curves if _kind(line["stage"]) == kind)]
     stages = _runset(wr, expr, sweep, entity, f"{kind} stages", expr.Metric("JobType") == kind)
