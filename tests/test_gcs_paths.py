@@ -197,3 +197,27 @@ def test_orbax_is_handed_the_gs_url_of_a_stages_checkpoints(fake_gcs):
   hook.on_end(0, state)
   for thread in set(threading.enumerate()) - before:  # orbax's background work, done before the fake goes
     thread.join(timeout=30)
+
+
+def test_the_sweep_report_of_a_gcs_workdir_lands_beside_it(fake_gcs, tmp_path, monkeypatch):
+  from w2s_jax import sweep_report
+  report.write(results_for(three_seed_runs()), "gs://bucket/run")
+  epath.Path("gs://bucket/run/metrics.jsonl").write_text(
+      "\n".join(json.dumps({"stage": f"ground_truth:a:seed{s}", "step": t, "loss": 1.0 / t})
+                for s in range(3) for t in (1, 2, 3)))
+  sweep = sweep_report.load("gs://bucket/run")
+  assert sweep.group == "run" and sweep.stage_kinds == ["ground_truth"]
+  figures = sweep_report.write_figures(sweep)
+  page = sweep_report.write_html(sweep, figures)
+  assert str(page) == "gs://bucket/run/report/report.html"
+  assert {f"/bucket/run/report/{f.key}.png" for f in figures} | {"/bucket/run/report/report.html"} <= set(objects(fake_gcs))
+  assert page.read_text().count("data:image/png;base64,") == len(figures) >= 3
+  # W&B and wandb.Image write and read local files only: the runs and the figures' copies go to the local cache
+  from w2s_jax import offline
+  monkeypatch.setattr(offline, "cache_root", lambda: tmp_path)
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  sweep_report.upload(sweep, figures, mode="offline")
+  local = tracking.wandb_dir(sweep.workdir)
+  assert local == tmp_path / "wandb" / "gs" / "bucket" / "run"
+  assert {p.name for p in (local / sweep_report.REPORT_DIR).iterdir()} == {f"{f.key}.png" for f in figures}
+  assert len(list((local / "wandb").glob("offline-run-*"))) == len(sweep.results["runs"]) + 1

@@ -770,25 +770,37 @@ def plot_zoo(results: dict[str, Any], workdir: Path, *, method: str) -> list[Pat
     fig.tight_layout()
     written.append(artifacts.save_figure(fig, workdir / "accuracy_vs_size.png", dpi=120))
     plt.close(fig)
+  heatmap = plot_pgr_heatmap(summary, order, workdir / "pgr_heatmap.png", method=method)
+  if heatmap is not None:
+    written.append(heatmap)
+  return written
+
+
+def plot_pgr_heatmap(summary: list[dict[str, Any]], order: list[str], path: Path, *, method: str) -> Path | None:
+  """Median PGR per (weak, strong) of `method`'s summary rows, weak supervisors down, strong students across
+  (both in `order`); blank and "n/a" where the pair did not run or PGR is undefined. None if no row is `method`'s."""
+  plt = _pyplot()
+  summary = [r for r in summary if r["method"] == method]
   weaks = [m for m in order if any(r["weak"] == m for r in summary)]
   strongs = [m for m in order if any(r["strong"] == m for r in summary)]
-  if weaks and strongs:
-    grid = np.full((len(weaks), len(strongs)), np.nan)
-    for r in summary:
-      if _defined(r["pgr"]):
-        grid[weaks.index(r["weak"]), strongs.index(r["strong"])] = r["pgr"]["median"]
-    fig, ax = plt.subplots(figsize=(1.4 * len(strongs) + 2.5, 1.0 * len(weaks) + 1.8))
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-1, vmax=1)
-    for i in range(len(weaks)):
-      for j in range(len(strongs)):
-        ax.text(j, i, "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(strongs)), strongs, rotation=20, fontsize=8)
-    ax.set_yticks(range(len(weaks)), weaks, fontsize=8)
-    ax.set_xlabel("strong student")
-    ax.set_ylabel("weak supervisor")
-    ax.set_title(f"median PGR ({method}); n/a: not run or ceiling not clearly above weak", fontsize=9)
-    fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    written.append(artifacts.save_figure(fig, workdir / "pgr_heatmap.png", dpi=120))
-    plt.close(fig)
-  return written
+  if not (weaks and strongs):
+    return None
+  grid = np.full((len(weaks), len(strongs)), np.nan)
+  for r in summary:
+    if _defined(r["pgr"]):
+      grid[weaks.index(r["weak"]), strongs.index(r["strong"])] = r["pgr"]["median"]
+  fig, ax = plt.subplots(figsize=(1.4 * len(strongs) + 2.5, 1.0 * len(weaks) + 1.8))
+  image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-1, vmax=1)
+  for i in range(len(weaks)):
+    for j in range(len(strongs)):
+      ax.text(j, i, "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+  ax.set_xticks(range(len(strongs)), strongs, rotation=20, fontsize=8)
+  ax.set_yticks(range(len(weaks)), weaks, fontsize=8)
+  ax.set_xlabel("strong student")
+  ax.set_ylabel("weak supervisor")
+  ax.set_title(f"median PGR ({method}); n/a: not run or ceiling not clearly above weak", fontsize=9)
+  fig.colorbar(image, ax=ax, shrink=0.8)
+  fig.tight_layout()
+  artifacts.save_figure(fig, path, dpi=120)
+  plt.close(fig)
+  return path
