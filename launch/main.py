@@ -82,6 +82,7 @@ def main(argv):
     workdir = artifacts.as_path(_WORKDIR.value)  # gs://bucket/path too (pathlib would make it gs:/bucket/path)
     print((workdir / "results.md").read_text())
     print(f"results: {workdir / 'results.json'}")
+    print(f"figures and report.html (and a W&B report with --upload --save): python launch/report.py {workdir}")
   return 0
 
 
