@@ -186,6 +186,19 @@ def run(config: ml_collections.ConfigDict, workdir: artifacts.PathLike, *, force
     return _run(config, p, workdir, force=force, start=start)
 
 
+def results_of(runs: list[dict], chains: list[dict], models: list[dict], *, task: str, model_order: list[str],
+               plan: list[str], model_sizes: dict[str, Any], min_gap_examples: float, baseline: str) -> dict[str, Any]:
+  """results.json's content from the per-run, per-chain and per-model rows: every summary is computed here,
+  from those rows alone, so a merge of seeds run apart (w2s_jax/merge.py) summarizes exactly as one run would."""
+  return {"task": task, "model_order": model_order, "plan": plan, "runs": runs, "summary": report.summarize(runs),
+          "oai_summary": report.summarize_oai(runs, min_gap_examples=min_gap_examples),
+          "comparison": report.compare_methods(runs, baseline=baseline), "comparison_baseline": baseline,
+          "pair_gaps": report.pair_gaps(runs, method=baseline, min_gap_examples=min_gap_examples),
+          "model_sizes": model_sizes, "min_gap_examples": min_gap_examples, "chains": chains,
+          "chain_summary": report.summarize_chains(chains), "models": models,
+          "model_summary": report.summarize_models(models)}
+
+
 def _run(config: ml_collections.ConfigDict, p: Plan, workdir: artifacts.PathLike, *, force: bool,
          start: float) -> dict[str, Any]:
   ctx = Context(config, workdir, force=force)
@@ -197,17 +210,11 @@ def _run(config: ml_collections.ConfigDict, p: Plan, workdir: artifacts.PathLike
     runs += seed_runs
     chains += seed_chains
     models += seed_models
-  min_gap_examples = config.report.min_gap_examples
   names = [r.name for r in p.recipes]
-  baseline = "xent" if "xent" in names else names[0]
-  results = {"task": config.task, "model_order": list(p.model_order), "plan": p.describe(), "runs": runs,
-             "summary": report.summarize(runs),
-             "oai_summary": report.summarize_oai(runs, min_gap_examples=min_gap_examples),
-             "comparison": report.compare_methods(runs, baseline=baseline), "comparison_baseline": baseline,
-             "pair_gaps": report.pair_gaps(runs, method=baseline, min_gap_examples=min_gap_examples),
-             "model_sizes": {name: model_size(ctx.models[name].checkpoint) for name in p.ground_truth_models},
-             "min_gap_examples": min_gap_examples, "chains": chains, "chain_summary": report.summarize_chains(chains),
-             "models": models, "model_summary": report.summarize_models(models),
+  results = {**results_of(runs, chains, models, task=config.task, model_order=list(p.model_order), plan=p.describe(),
+                          model_sizes={name: model_size(ctx.models[name].checkpoint) for name in p.ground_truth_models},
+                          min_gap_examples=config.report.min_gap_examples,
+                          baseline="xent" if "xent" in names else names[0]),
              "wall_s": time.time() - start, "trained_stages": ctx.trained_stages, "workdir": str(ctx.workdir)}
   # Every process returns once the report is written: a caller on any host may read it.
   artifacts.on_process_0(lambda: report.write(redaction.redact(results), ctx.workdir), "write the report")
