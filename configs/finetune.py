@@ -59,6 +59,8 @@ def get_config(arg: str | None = None):
   c.search.epochs = (2.0, 4.0)
   c.search.val_frac = 0.25              # 125 of half A's 500 examples
   c.search.seeds = (0,)                 # one seed: the CPU budget (docs/finetune.md)
+  if arg == "mpnet":                    # 4 epochs, the count the L3 -> L6 search chose: a 2-epoch MPNet
+    c.search.epochs = (4.0,)            # column costs ~30 min more of this CPU (docs/finetune.md)
   if arg == "runlocal":                 # a smoke run of the search and the sweep: tiny and 1 epoch
     c.n_train, c.n_test, c.seeds, c.train.epochs = 160, 64, (0,), 1.0
     c.methods = ("xent", "xent+weak_auroc")
