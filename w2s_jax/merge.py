@@ -16,7 +16,7 @@ The sources must be the same sweep: their configs may differ only in the keys of
 import json
 from typing import Any
 
-from w2s_jax import artifacts, report
+from w2s_jax import artifacts, report, stage_keys
 from w2s_jax.errors import UserError
 from w2s_jax.protocol import sweep
 
@@ -37,11 +37,10 @@ def _load(workdir: artifacts.PathLike) -> tuple[artifacts.epath.Path, dict[str, 
   return workdir, results, config
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
   """Dotted keys where two config dicts differ."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
-  return [] if a == b else [prefix.rstrip(".")]
+  a, b = stage_keys.flatten(a), stage_keys.flatten(b)
+  return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def _by_seed(rows: list[dict[str, Any]], order: dict[Any, int]) -> list[dict[str, Any]]:
@@ -62,9 +61,6 @@ def merge(workdirs: list[artifacts.PathLike], out: artifacts.PathLike) -> dict[s
     if differ:
       raise UserError(f"{workdir} ran a different sweep than {first_dir}: config {', '.join(differ[:5])} "
                       f"differ{'s' if len(differ) == 1 else ''}; only splits of one sweep over seeds merge")
-    if results["plan"][1:] != first["plan"][1:]:
-      raise UserError(f"{workdir} planned other students or chains than {first_dir}: only splits of one sweep "
-                      "over seeds merge")
     for seed in config["seeds"]:
       if seed in seen:
         raise UserError(f"seed {seed} is in both {seen[seed]} and {workdir}: give each seed's workdir once")
